@@ -1,0 +1,230 @@
+"""The guest's address space over time: the `mmaps`, `modules` and `symbols`
+tables.
+
+Initial layout: QEMU's loader reports where it put the program (PROCESS event:
+start of its lowest executable segment -- the entry point it reports is the
+interpreter's for a dynamic program); the program's ELF program headers give
+its segments, and the first executed block gives the interpreter's load bias.
+Later changes come from the syscalls table (mmap, munmap, mprotect, mremap,
+brk); a mapping's file comes from the open call that made its descriptor
+(path strings are recorded by the plugin).  Modules are the program, the
+interpreter and every ELF file mapped at offset 0; their symbols (pyelftools)
+are relocated to where they were loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from . import format as F
+
+PAGE = 4096
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+MAP_ANONYMOUS = 0x20
+MAX_ERRNO = 4095
+
+OPEN_CALLS = {"open": 0, "openat": 1, "creat": 0, "openat2": 1}
+DUP_CALLS = {"dup", "dup2", "dup3"}
+F_DUPFD, F_DUPFD_CLOEXEC = 0, 1030
+
+
+def page_down(x: int) -> int:
+    return x & ~(PAGE - 1)
+
+
+def page_up(x: int) -> int:
+    return (x + PAGE - 1) & ~(PAGE - 1)
+
+
+def failed(ret) -> bool:
+    return ret is None or -MAX_ERRNO <= ret < 0
+
+
+@dataclass
+class ElfImage:
+    path: str
+    is_dyn: bool
+    entry: int
+    loads: list  # (vaddr, memsz, offset, prot)
+    interp: str | None
+
+    @property
+    def code_start(self) -> int:
+        """p_vaddr of the lowest executable segment."""
+        return min(v for v, _, _, prot in self.loads if prot & PROT_EXEC)
+
+    @property
+    def low(self) -> int:
+        return min(page_down(v) for v, _, _, _ in self.loads)
+
+    @property
+    def high(self) -> int:
+        return max(page_up(v + m) for v, m, _, _ in self.loads)
+
+
+def read_elf(path: str) -> ElfImage | None:
+    """The ELF image at `path`, or None if it is missing or not an ELF file."""
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"\x7fELF":
+                return None
+            f.seek(0)
+            elf = ELFFile(f)
+            loads, interp = [], None
+            for seg in elf.iter_segments():
+                if seg["p_type"] == "PT_LOAD":
+                    flags = seg["p_flags"]
+                    prot = (PROT_READ if flags & 4 else 0) | (PROT_WRITE if flags & 2 else 0) | (
+                        PROT_EXEC if flags & 1 else 0)
+                    loads.append((seg["p_vaddr"], seg["p_memsz"], seg["p_offset"], prot))
+                elif seg["p_type"] == "PT_INTERP":
+                    interp = seg.get_interp_name()
+            if not any(prot & PROT_EXEC for _, _, _, prot in loads):
+                return None
+            return ElfImage(path, elf["e_type"] == "ET_DYN", elf["e_entry"], loads, interp)
+    except (OSError, ELFError, ValueError):
+        return None
+
+
+def elf_symbols(path: str):
+    """(name, value, size, kind) of the FUNC and OBJECT symbols of an ELF file."""
+    out = {}
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            for name in (".symtab", ".dynsym"):
+                section = elf.get_section_by_name(name)
+                if section is None:
+                    continue
+                for sym in section.iter_symbols():
+                    kind = sym["st_info"]["type"]
+                    if kind in ("STT_FUNC", "STT_OBJECT") and sym["st_value"] and sym.name:
+                        out[(sym.name, sym["st_value"])] = (sym.name, sym["st_value"], sym["st_size"],
+                                                            "FUNC" if kind == "STT_FUNC" else "OBJECT")
+    except (OSError, ELFError, ValueError):
+        return []
+    return list(out.values())
+
+
+class _Builder:
+    def __init__(self, sysroot: str | None):
+        self.sysroot = sysroot
+        self.mmaps = []
+        self.modules = []  # (pid, path, start, end, bias, kind)
+
+    def host_path(self, guest_path: str) -> str:
+        if self.sysroot and guest_path.startswith("/"):
+            candidate = os.path.join(self.sysroot, guest_path.lstrip("/"))
+            if os.path.exists(candidate):
+                return candidate
+        return guest_path
+
+    def place(self, pid: int, image: ElfImage, bias: int, kind: str, guest_path: str) -> None:
+        for vaddr, memsz, offset, prot in image.loads:
+            self.mmaps.append((None, None, pid, "initial", page_down(bias + vaddr), page_up(bias + vaddr + memsz),
+                               prot, None, guest_path, page_down(offset)))
+        self.modules.append((pid, guest_path, bias + image.low, bias + image.high, bias, kind))
+
+
+def _initial_layout(b: _Builder, meta: dict, ev: np.ndarray, blobs: dict) -> None:
+    for e in ev[ev["kind"] == F.EV_PROCESS]:
+        pid = int(e["pid"])
+        program = meta.get("program_path") or blobs.get(
+            (int(e["pid"]), int(e["tid"]), int(e["packet_seq"]), int(e["i"])), b"").decode(errors="replace")
+        exe = read_elf(program)
+        if exe is None:
+            continue
+        start_code, first_pc = int(e["v"][0]), int(e["v"][4])
+        b.place(pid, exe, start_code - exe.code_start, "executable", program)
+        if exe.interp:
+            interp = read_elf(b.host_path(exe.interp))
+            if interp is not None:
+                b.place(pid, interp, first_pc - interp.entry, "interpreter", exe.interp)
+
+
+def _changes(b: _Builder, con) -> None:
+    calls = con.execute(
+        "SELECT idx, tid, pid, name, arg0, arg1, arg2, arg3, arg4, arg5, ret FROM syscalls "
+        "WHERE name IS NOT NULL ORDER BY seq"
+    ).fetchall()
+    strings = {(idx, arg): value for idx, arg, value in
+               con.execute("SELECT idx, arg, value FROM syscall_strings").fetchall()}
+    fds: dict[int, dict[int, str]] = {}
+    brk_start: dict[int, int] = {}
+    brk_now: dict[int, int] = {}
+    mapped_at_zero: set[tuple[int, str]] = set()
+    for idx, tid, pid, name, a0, a1, a2, a3, a4, a5, ret in calls:
+        table = fds.setdefault(pid, {})
+        if name in OPEN_CALLS and not failed(ret):
+            table[ret] = strings.get((idx, OPEN_CALLS[name]))
+        elif name == "close" and ret == 0:
+            table.pop(a0, None)
+        elif (name in DUP_CALLS or (name == "fcntl" and a1 in (F_DUPFD, F_DUPFD_CLOEXEC))) and not failed(ret):
+            table[ret] = table.get(a0)
+        elif name in ("mmap", "mmap2") and not failed(ret):
+            fd = np.int32(np.uint32(a4 & 0xFFFFFFFF))
+            anonymous = bool(a3 & MAP_ANONYMOUS) or fd < 0
+            path = None if anonymous else table.get(int(fd))
+            offset = a5 * (PAGE if name == "mmap2" else 1)
+            b.mmaps.append((idx, tid, pid, "mmap", ret, ret + page_up(a1), a2, a3, path, None if anonymous else offset))
+            if path and offset == 0 and (pid, path) not in mapped_at_zero:
+                mapped_at_zero.add((pid, path))
+                _library(b, pid, path, ret)
+        elif name == "munmap" and ret == 0:
+            b.mmaps.append((idx, tid, pid, "munmap", a0, a0 + page_up(a1), None, None, None, None))
+        elif name == "mprotect" and ret == 0:
+            b.mmaps.append((idx, tid, pid, "mprotect", a0, a0 + page_up(a1), a2, None, None, None))
+        elif name == "mremap" and not failed(ret):
+            b.mmaps.append((idx, tid, pid, "mremap", ret, ret + page_up(a2), None, a3, None, None))
+        elif name == "brk" and ret is not None:
+            # the first brk reports where the heap starts; later ones move its end
+            brk_start.setdefault(pid, ret)
+            if ret != brk_now.get(pid, brk_start[pid]):
+                b.mmaps.append((idx, tid, pid, "brk", brk_start[pid], page_up(ret), PROT_READ | PROT_WRITE,
+                                None, None, None))
+            brk_now[pid] = ret
+
+
+def _library(b: _Builder, pid: int, path: str, start: int) -> None:
+    image = read_elf(b.host_path(path))
+    if image is None or not image.is_dyn:
+        return
+    bias = start - image.low
+    b.modules.append((pid, path, start, bias + image.high, bias, "library"))
+
+
+def _symbols(b: _Builder) -> pa.Table:
+    cols = {"pid": [], "module": [], "name": [], "addr": [], "size": [], "kind": []}
+    for pid, path, _, _, bias, _ in b.modules:
+        image = read_elf(b.host_path(path))
+        for name, value, size, kind in elf_symbols(b.host_path(path)):
+            cols["pid"].append(pid)
+            cols["module"].append(path)
+            cols["name"].append(name)
+            cols["addr"].append((value + bias) if image and image.is_dyn else value)
+            cols["size"].append(size)
+            cols["kind"].append(kind)
+    return pa.table({
+        "pid": pa.array(cols["pid"], pa.uint32()), "module": pa.array(cols["module"], pa.string()),
+        "name": pa.array(cols["name"], pa.string()), "addr": pa.array(cols["addr"], pa.uint64()),
+        "size": pa.array(cols["size"], pa.uint64()), "kind": pa.array(cols["kind"], pa.string()),
+    })
+
+
+def load(con, meta: dict, ev: np.ndarray, blobs: dict, plan) -> None:
+    """Fill mmaps, modules and symbols (the syscalls tables must be loaded)."""
+    b = _Builder(meta.get("sysroot"))
+    _initial_layout(b, meta, ev, blobs)
+    _changes(b, con)
+    if b.mmaps:
+        con.executemany("INSERT INTO mmaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", b.mmaps)
+    if b.modules:
+        con.executemany("INSERT INTO modules VALUES (?, ?, ?, ?, ?, ?)", b.modules)
+    symbols_table = _symbols(b)
+    con.execute("INSERT INTO symbols SELECT * FROM symbols_table")

@@ -1,0 +1,355 @@
+"""`cannoli index`: chunk files -> TRACE/trace.duckdb.
+
+Pass A reads every chunk without its memory data: block definitions, events and
+the executed-block stream, reduced to position pieces (positions.py).  Pass B
+decodes each chunk in full, in parallel threads, turns it into exec and mem
+rows with their positions, and bulk-loads them through Arrow.  Memory stays
+bounded by a few chunks, not by the trace.
+
+The database is built under a temporary name and renamed into place when
+complete, so an interrupted index never leaves a trace.duckdb that looks
+valid.  A damaged chunk stops the index at that chunk: everything before it is
+indexed, and meta says where and why the trace is incomplete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from . import address_space, schema, syscall_tables, tracedir
+from . import format as F
+from .decode import ChunkError, Packet, chunk_files, decode_chunk_file
+from .errors import CannoliError
+from .positions import BlockTable, PositionPlan
+from .progress import Progress
+
+DB_NAME = "trace.duckdb"
+INSERT_BATCH_ROWS = 4_000_000
+DUCKDB_MEMORY_LIMIT = "2GB"  # DuckDB spills beyond this; keeps the index's memory bounded
+
+REGS_UNAVAILABLE = (
+    "QEMU plugin API {api} (QEMU {qemu}) gives plugins no register access; "
+    "registers need plugin API >= 2 (QEMU >= 9.0)"
+)
+
+
+@dataclass
+class EventLog:
+    """Every event of the trace with its thread, plus the strings they carry."""
+
+    rows: list = field(default_factory=list)  # (pid, tid, packet_seq, events array)
+    blobs: dict = field(default_factory=dict)  # (pid, tid, packet_seq, event index) -> bytes
+
+    def add(self, p: Packet) -> None:
+        if not len(p.events):
+            return
+        self.rows.append((p.pid, p.tid, p.packet_seq, p.events.copy()))
+        with_blob = np.flatnonzero(np.isin(p.events["kind"], (F.EV_BLOB, F.EV_PROCESS)))
+        for i in with_blob:
+            ev = p.events[i]
+            off, length = (int(ev["v"][1]), int(ev["v"][2])) if ev["kind"] == F.EV_BLOB else (
+                int(ev["v"][5]), int(ev["v"][6]))
+            if off + length > len(p.blob):
+                raise ChunkError("?", "event points outside its packet's blob section")
+            self.blobs[(p.pid, p.tid, p.packet_seq, int(i))] = bytes(p.blob[off : off + length])
+
+    def table(self) -> np.ndarray:
+        """All events as one structured array with pid, tid, packet_seq, index."""
+        dtype = np.dtype([("pid", "<u4"), ("tid", "<u4"), ("packet_seq", "<u8"), ("i", "<u4"),
+                          ("kind", "<u2"), ("ordinal", "<u8"), ("seq", "<u8"), ("v", "<u8", (7,))])
+        parts = []
+        for pid, tid, pseq, events in self.rows:
+            part = np.zeros(len(events), dtype)
+            part["pid"], part["tid"], part["packet_seq"] = pid, tid, pseq
+            part["i"] = np.arange(len(events))
+            for name in ("kind", "ordinal", "seq", "v"):
+                part[name] = events[name]
+            parts.append(part)
+        table = np.concatenate(parts) if parts else np.zeros(0, dtype)
+        return table[np.lexsort((table["i"], table["packet_seq"], table["tid"], table["pid"]))]
+
+
+@dataclass
+class IndexResult:
+    db_path: Path
+    chunks: int
+    instructions: int
+    exec_rows: int
+    mem_rows: int
+    seconds: float
+    complete: bool
+    problem: str | None
+
+
+def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> IndexResult:
+    trace_dir = Path(trace_dir)
+    meta = tracedir.read_meta(trace_dir)
+    started = time.monotonic()
+    files = chunk_files(trace_dir)
+    problem = _sequence_gap(files)
+    if problem:
+        files = files[: int(problem.split()[1])]
+    tmp = trace_dir / f".{DB_NAME}.tmp"
+    for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    blocks, events = BlockTable(), EventLog()
+    plan = PositionPlan(blocks)
+    with Progress("indexing", total=2 * len(files), quiet=quiet) as progress:
+        used, problem = _pass_a(files, blocks, plan, events, progress, problem)
+        total = plan.finish()
+        con = duckdb.connect(str(tmp), config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+        try:
+            for ddl in schema.create_statements():
+                con.execute(ddl)
+            exec_rows, mem_rows = _pass_b(con, files[: used.chunks], plan, blocks, workers, progress)
+            _load_blocks(con, blocks)
+            ev_table = events.table()
+            _load_threads(con, plan, ev_table)
+            syscall_rows = _load_syscalls(con, plan, ev_table, events, meta)
+            address_space.load(con, meta, ev_table, events.blobs, plan)
+            complete = bool(meta.get("complete")) and problem is None
+            _load_meta(con, meta, complete, problem, total, len(files), time.monotonic() - started)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+    os.replace(tmp, trace_dir / DB_NAME)
+    return IndexResult(trace_dir / DB_NAME, used.chunks, total, exec_rows, mem_rows,
+                       time.monotonic() - started, complete, problem)
+
+
+def _sequence_gap(files: list[Path]) -> str | None:
+    for i, path in enumerate(files):
+        if int(path.stem) != i:
+            return f"chunk {i:06d} is missing; indexed the chunks before it"
+    return None
+
+
+@dataclass
+class _Used:
+    chunks: int = 0
+
+
+def _pass_a(files, blocks: BlockTable, plan: PositionPlan, events: EventLog, progress, problem):
+    """Blocks, events and position pieces of every chunk; stops at a damaged one."""
+    used = _Used()
+    for path in files:
+        try:
+            packets = decode_chunk_file(path, with_mem=False)
+            for p in packets:
+                blocks.add(p)
+                events.add(p)
+        except (ChunkError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, ChunkError) else str(exc)
+            return used, f"chunk {path.stem} is damaged ({reason}); indexed the {used.chunks} chunks before it"
+        for p in packets:
+            plan.add_packet(p)
+        used.chunks += 1
+        progress.advance()
+    return used, problem
+
+
+def _pass_b(con, files, plan: PositionPlan, blocks: BlockTable, workers: int, progress) -> tuple[int, int]:
+    insn_start, insn_pc = blocks.insn_pc_table()
+    exec_rows = mem_rows = 0
+
+    def rows_of(path: Path):
+        execs, mems = [], []
+        for p in decode_chunk_file(path):
+            e, m = _packet_rows(p, plan, blocks, insn_start, insn_pc, path.stem)
+            execs.append(e)
+            mems.append(m)
+        return pa.concat_tables(execs), pa.concat_tables(mems)
+
+    batch: list = []
+
+    def flush():
+        # DuckDB ingests a few large Arrow tables much faster than many small ones
+        exec_table = pa.concat_tables([e for e, _ in batch])
+        mem_table = pa.concat_tables([m for _, m in batch])
+        con.execute("INSERT INTO exec SELECT * FROM exec_table")
+        con.execute("INSERT INTO mem SELECT * FROM mem_table")
+        batch.clear()
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for exec_table, mem_table in _bounded_map(pool, rows_of, files, window=workers + 1):
+            batch.append((exec_table, mem_table))
+            exec_rows += exec_table.num_rows
+            mem_rows += mem_table.num_rows
+            if sum(e.num_rows + m.num_rows for e, m in batch) >= INSERT_BATCH_ROWS:
+                flush()
+            progress.advance()
+        if batch:
+            flush()
+    return exec_rows, mem_rows
+
+
+def _bounded_map(pool, func, items, window: int):
+    """pool.map in order, but with at most `window` results alive at once, so
+    memory stays bounded by a few chunks however long the trace is."""
+    pending = deque()
+    for item in items:
+        pending.append(pool.submit(func, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+def _packet_rows(p: Packet, plan, blocks, insn_start, insn_pc, chunk: str):
+    idx, ran = plan.exec_positions(p)
+    tid = np.full(len(p.exec), p.tid, np.uint32)
+    exec_table = pa.table({
+        "idx": idx, "tid": tid, "block_id": p.exec.astype(np.uint32),
+        "pc": blocks.pc[p.exec.astype(np.int64)], "icount": ran.astype(np.uint16),
+    })
+    info = p.mem_info
+    link = (info >> F.MEMINFO_LINK_SHIFT).astype(np.int64)
+    insn = ((info >> F.MEMINFO_INSN_SHIFT) & F.MEMINFO_INSN_MASK).astype(np.int64)
+    if np.any(link > len(p.exec)):
+        raise ChunkError(chunk, "memory access linked to an exec beyond its packet")
+    block = np.where(link > 0, p.exec[np.maximum(link - 1, 0)] if len(p.exec) else 0, 0).astype(np.int64)
+    base = np.zeros(len(info), np.uint64)
+    inside = link > 0
+    base[inside] = idx[link[inside] - 1]
+    keep = np.ones(len(info), bool)
+    if not inside.all():
+        before = plan.position_before(p)
+        piece = plan.piece_of(p.thread, p.exec_first - 1)
+        if before is None or piece is None:
+            # the packet before this one is not indexed (a damaged or missing
+            # chunk): these accesses cannot be placed; they are counted, not lost silently
+            keep = inside
+        else:
+            base[~inside] = before
+            block[~inside] = piece.last_block
+    if np.any(insn[keep] >= blocks.lookup(block[keep])):
+        raise ChunkError(chunk, "memory access names an instruction outside its block")
+    mem_table = pa.table({
+        "idx": (base + insn.astype(np.uint64))[keep], "tid": np.full(int(keep.sum()), p.tid, np.uint32),
+        "pc": insn_pc[insn_start[block[keep]] + insn[keep]], "addr": p.mem_addr[keep],
+        "size": (1 << (info[keep] & F.MEMINFO_SHIFT_MASK)).astype(np.uint8),
+        "is_write": (info[keep] & F.MEMINFO_STORE) != 0, "value": p.mem_value[keep],
+    })
+    return exec_table, mem_table
+
+
+def _load_blocks(con, blocks: BlockTable) -> None:
+    parts = []
+    for rows, _, insn_bytes in blocks.rows:
+        n_bytes = rows["n_bytes"].astype(np.int64)
+        if int(n_bytes.sum()) != len(insn_bytes):
+            raise ValueError("block definitions disagree with their instruction bytes")
+        offsets = np.concatenate([[0], np.cumsum(n_bytes)]).astype(np.int32)
+        code = pa.BinaryArray.from_buffers(pa.binary(), len(rows),
+                                           [None, pa.py_buffer(offsets), pa.py_buffer(insn_bytes.tobytes())])
+        parts.append(pa.table({
+            "block_id": rows["block_id"], "pc": rows["pc"], "size": rows["n_bytes"],
+            "icount": rows["n_insns"], "bytes": code, "base_id": rows["base_id"],
+            "is_twin": (rows["flags"] & F.BLOCK_TWIN) != 0,
+        }))
+    if parts:
+        blocks_table = pa.concat_tables(parts)
+        con.execute("INSERT INTO blocks SELECT * FROM blocks_table")
+    ids, ns, pcs, sizes = blocks.flat_insns()
+    insns_table = pa.table({"block_id": ids.astype(np.uint32), "n": ns, "pc": pcs, "size": sizes})
+    con.execute("INSERT INTO block_insns SELECT * FROM insns_table")
+
+
+def _load_threads(con, plan: PositionPlan, ev: np.ndarray) -> None:
+    rows = []
+    starts = ev[ev["kind"] == F.EV_THREAD_START]
+    parent = {(int(e["pid"]), int(e["tid"])): int(e["v"][2]) or None for e in starts}
+    exited = {(int(e["pid"]), int(e["tid"])) for e in ev[ev["kind"] == F.EV_THREAD_EXIT]}
+    threads = set(plan.pieces) | set(parent)
+    for thread in sorted(threads):
+        pieces = plan.pieces.get(thread, [])
+        insns = sum(pc.insns for pc in pieces)
+        first = min((pc.first_idx for pc in pieces if pc.insns), default=None)
+        last = max((pc.first_idx + pc.insns - 1 for pc in pieces if pc.insns), default=None)
+        rows.append((thread[1], thread[0], parent.get(thread), first, last, insns,
+                     sum(pc.n_exec for pc in pieces), thread in exited))
+    con.executemany("INSERT INTO threads VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def syscall_position(plan: PositionPlan, pid: int, tid: int, ordinal: int) -> int | None:
+    """idx of a syscall instruction: the last instruction of the segment piece
+    it closed (a syscall closes its thread's segment right after its block)."""
+    piece = plan.piece_of((pid, tid), ordinal)
+    if piece is None:
+        return plan.first_position((pid, tid)) if ordinal == F.ORDINAL_BEFORE_FIRST else None
+    return piece.first_idx + piece.insns - 1
+
+
+def _load_syscalls(con, plan, ev: np.ndarray, events: EventLog, meta: dict) -> int:
+    names = syscall_tables.names(meta.get("arch", ""))
+    calls = ev[ev["kind"] == F.EV_SYSCALL]
+    # the return of a call is the thread's next SYSRET event after it
+    ret_of = {}
+    order = np.lexsort((ev["i"], ev["packet_seq"], ev["tid"], ev["pid"]))
+    pending = {}
+    for e in ev[order]:
+        thread = (int(e["pid"]), int(e["tid"]))
+        if e["kind"] == F.EV_SYSCALL:
+            pending[thread] = (int(e["packet_seq"]), int(e["i"]))
+            ret_of[pending[thread]] = None
+        elif e["kind"] == F.EV_SYSRET and thread in pending:
+            ret_of[pending.pop(thread)] = int(np.int64(e["v"][1]))
+    rows = []
+    for e in calls:
+        idx = syscall_position(plan, int(e["pid"]), int(e["tid"]), int(e["ordinal"]))
+        if idx is None:
+            continue
+        nr = int(np.int64(e["v"][0]))
+        rows.append((idx, int(e["tid"]), int(e["pid"]), nr, names.get(nr), *[int(x) for x in e["v"][1:7]],
+                     ret_of.get((int(e["packet_seq"]), int(e["i"]))), int(e["seq"])))
+    if rows:
+        con.executemany(f"INSERT INTO syscalls VALUES ({', '.join('?' * 13)})", rows)
+    strings = []
+    for e in ev[ev["kind"] == F.EV_BLOB]:
+        idx = syscall_position(plan, int(e["pid"]), int(e["tid"]), int(e["ordinal"]))
+        blob = events.blobs.get((int(e["pid"]), int(e["tid"]), int(e["packet_seq"]), int(e["i"])), b"")
+        flags = int(e["v"][5])
+        if idx is None:
+            continue
+        strings.append((idx, int(e["tid"]), int(np.int64(e["v"][3])), int(e["v"][4]), int(e["v"][0]),
+                        None if flags & F.BLOB_UNREADABLE else blob.decode("utf-8", "surrogateescape"),
+                        bool(flags & F.BLOB_TRUNCATED)))
+    if strings:
+        con.executemany("INSERT INTO syscall_strings VALUES (?, ?, ?, ?, ?, ?, ?)", strings)
+    return len(rows)
+
+
+def _load_meta(con, meta: dict, complete: bool, problem, total: int, chunks: int, seconds: float) -> None:
+    entries = dict(meta)
+    entries.update(
+        schema_version=schema.SCHEMA_VERSION,
+        index_complete=complete,
+        index_problem=problem,
+        index_instructions=total,
+        index_chunks=chunks,
+        index_seconds=round(seconds, 3),
+        regs_unavailable=REGS_UNAVAILABLE.format(api=meta.get("plugin_api"), qemu=meta.get("qemu_version")),
+    )
+    con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in sorted(entries.items())])
+
+
+def open_index(trace_dir: Path) -> duckdb.DuckDBPyConnection:
+    """The trace's database, read-only; a CannoliError if it is missing."""
+    path = Path(trace_dir) / DB_NAME
+    if not path.exists():
+        tracedir.read_meta(trace_dir)
+        raise CannoliError(f"{trace_dir} has no index yet; build it with: cannoli index {trace_dir}")
+    try:
+        return duckdb.connect(str(path), read_only=True)
+    except duckdb.Error as exc:
+        raise CannoliError(f"{path} is damaged ({exc}); rebuild it with: cannoli index {trace_dir}") from None

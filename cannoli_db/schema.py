@@ -1,0 +1,167 @@
+"""The trace database's tables, defined once (SQLAlchemy Core) and documented
+column by column in docs/schema.md.
+
+Positions: `idx` is the global instruction position (0-based, dense, one per
+executed guest instruction across all threads).  Addresses and values are
+unsigned 64-bit; where QEMU cannot give a value the column is NULL.
+
+The DDL is compiled for DuckDB from these definitions (create_statements);
+rows are bulk-loaded through Arrow by the indexer, not through SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+from duckdb_engine import Dialect
+from duckdb_engine.datatypes import UBigInteger, UInteger, USmallInteger, UTinyInteger
+from sqlalchemy import BigInteger, Boolean, Column, Integer, LargeBinary, MetaData, String, Table
+from sqlalchemy.schema import CreateTable
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+
+def _idx():
+    return Column("idx", UBigInteger, nullable=False, comment="global instruction position")
+
+
+def _tid():
+    return Column("tid", UInteger, nullable=False, comment="guest thread id")
+
+
+meta = Table(
+    "meta", metadata,
+    Column("key", String, nullable=False),
+    Column("value", String, comment="JSON-encoded value"),
+)
+
+threads = Table(
+    "threads", metadata,
+    _tid(),
+    Column("pid", UInteger, nullable=False, comment="process id (differs from the first process after fork)"),
+    Column("parent_pid", UInteger, comment="for a fork child's first thread, the forking process"),
+    Column("first_idx", UBigInteger, comment="position of the thread's first instruction"),
+    Column("last_idx", UBigInteger, comment="position of the thread's last instruction"),
+    Column("insns", UBigInteger, nullable=False, comment="instructions the thread executed"),
+    Column("blocks", UBigInteger, nullable=False, comment="blocks the thread executed"),
+    Column("exited", Boolean, nullable=False, comment="the thread's exit was recorded"),
+)
+
+blocks = Table(
+    "blocks", metadata,
+    Column("block_id", UInteger, nullable=False),
+    Column("pc", UBigInteger, nullable=False, comment="address of the first instruction"),
+    Column("size", UInteger, nullable=False, comment="bytes of instructions"),
+    Column("icount", USmallInteger, nullable=False, comment="instructions"),
+    Column("bytes", LargeBinary, nullable=False, comment="the instruction bytes as translated"),
+    Column("base_id", UInteger, nullable=False, comment="for a twin, the full block it is a prefix of"),
+    Column("is_twin", Boolean, nullable=False, comment="a prefix of base_id that ran when QEMU stopped early"),
+)
+
+block_insns = Table(
+    "block_insns", metadata,
+    Column("block_id", UInteger, nullable=False),
+    Column("n", USmallInteger, nullable=False, comment="0-based index in the block"),
+    Column("pc", UBigInteger, nullable=False),
+    Column("size", UTinyInteger, nullable=False, comment="bytes"),
+)
+
+exec_ = Table(
+    "exec", metadata,
+    Column("idx", UBigInteger, nullable=False, comment="position of the block's first instruction"),
+    _tid(),
+    Column("block_id", UInteger, nullable=False),
+    Column("pc", UBigInteger, nullable=False),
+    Column("icount", USmallInteger, nullable=False, comment="instructions of the block that ran"),
+)
+
+mem = Table(
+    "mem", metadata,
+    Column("idx", UBigInteger, nullable=False, comment="position of the accessing instruction"),
+    _tid(),
+    Column("pc", UBigInteger, nullable=False, comment="address of the accessing instruction"),
+    Column("addr", UBigInteger, nullable=False),
+    Column("size", UTinyInteger, nullable=False, comment="bytes: 1, 2, 4 or 8"),
+    Column("is_write", Boolean, nullable=False),
+    Column("value", UBigInteger, comment="loaded or stored value, little-endian, zero-extended"),
+)
+
+syscalls = Table(
+    "syscalls", metadata,
+    Column("idx", UBigInteger, nullable=False, comment="position of the syscall instruction"),
+    _tid(),
+    Column("pid", UInteger, nullable=False),
+    Column("nr", BigInteger, nullable=False),
+    Column("name", String, comment="from the architecture's syscall table; NULL if unknown"),
+    *[Column(f"arg{i}", UBigInteger, nullable=False) for i in range(6)],
+    Column("ret", BigInteger, comment="return value; NULL if the call never returned (exit, a kill)"),
+    Column("seq", UBigInteger, nullable=False, comment="global order of syscall entries"),
+)
+
+syscall_strings = Table(
+    "syscall_strings", metadata,
+    Column("idx", UBigInteger, nullable=False, comment="position of the syscall instruction"),
+    _tid(),
+    Column("nr", BigInteger, nullable=False),
+    Column("arg", UTinyInteger, nullable=False, comment="0-based argument index"),
+    Column("addr", UBigInteger, nullable=False, comment="the guest pointer"),
+    Column("value", String, comment="the string (NULL if the pointer was unreadable)"),
+    Column("truncated", Boolean, nullable=False, comment="longer than 4096 bytes: only the prefix"),
+)
+
+mmaps = Table(
+    "mmaps", metadata,
+    Column("idx", UBigInteger, comment="position of the syscall; NULL for the initial layout"),
+    Column("tid", UInteger),
+    Column("pid", UInteger, nullable=False),
+    Column("kind", String, nullable=False, comment="initial, mmap, munmap, mprotect, brk, mremap"),
+    Column("start", UBigInteger, nullable=False),
+    Column("end", UBigInteger, nullable=False, comment="exclusive"),
+    Column("prot", Integer, comment="PROT_* bits; NULL where the call does not set them"),
+    Column("flags", Integer, comment="MAP_* bits of mmap/mremap"),
+    Column("path", String, comment="backing file, from the open call that made the descriptor"),
+    Column("file_offset", UBigInteger),
+)
+
+modules = Table(
+    "modules", metadata,
+    Column("pid", UInteger, nullable=False),
+    Column("path", String, nullable=False),
+    Column("start", UBigInteger, nullable=False, comment="lowest mapped address of the image"),
+    Column("end", UBigInteger, nullable=False, comment="exclusive"),
+    Column("load_bias", UBigInteger, nullable=False, comment="added to the ELF's addresses"),
+    Column("kind", String, nullable=False, comment="executable, interpreter or library"),
+)
+
+symbols = Table(
+    "symbols", metadata,
+    Column("pid", UInteger, nullable=False),
+    Column("module", String, nullable=False),
+    Column("name", String, nullable=False),
+    Column("addr", UBigInteger, nullable=False, comment="relocated to the load address"),
+    Column("size", UBigInteger, nullable=False),
+    Column("kind", String, nullable=False, comment="FUNC or OBJECT"),
+)
+
+regs = Table(
+    "regs", metadata,
+    _idx(),
+    _tid(),
+    Column("reg", String, nullable=False),
+    Column("value", UBigInteger),
+)
+
+VIEWS = {
+    # one row per executed instruction
+    "insns": """
+        SELECT e.idx + bi.n AS idx, e.tid, bi.pc, bi.size, e.block_id, bi.n
+        FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
+    """,
+}
+
+
+def create_statements() -> list[str]:
+    dialect = Dialect()
+    ddl = [str(CreateTable(table).compile(dialect=dialect)).strip() for table in metadata.sorted_tables]
+    ddl += [f"CREATE VIEW {name} AS {body.strip()}" for name, body in VIEWS.items()]
+    return ddl

@@ -1,0 +1,44 @@
+"""What `cannoli info` says about a trace: from meta.json, and from the index
+when there is one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import tracedir
+from .indexer import DB_NAME, open_index
+
+
+def describe(trace: Path) -> list[tuple[str, object]]:
+    meta = tracedir.read_meta(trace)
+    counts = meta.get("counts", {})
+    state = "complete" if meta.get("complete") else (
+        "interrupted" if meta.get("interrupted") else "INCOMPLETE: " + str(meta.get("error") or "recording did not finish"))
+    facts = [
+        ("program", " ".join(meta.get("argv", []))),
+        ("arch", meta.get("arch")),
+        ("qemu", f"{meta.get('qemu_path')} (QEMU {meta.get('qemu_version')}, plugin API {meta.get('plugin_api')})"),
+        ("recording", state),
+        ("exit", f"signal {meta['exit_signal_name']}" if meta.get("exit_signal") else meta.get("exit_status")),
+        ("memory recorded", meta.get("record_mem")),
+        ("started", meta.get("start_time")),
+        ("wall time s", meta.get("wall_time_s")),
+    ]
+    facts += [(name.replace("_", " "), counts[name]) for name in
+              ("instructions", "blocks_executed", "mem_events", "syscalls", "threads", "processes", "chunks",
+               "bytes_on_disk")
+              if name in counts]
+    if counts.get("instructions"):
+        facts.append(("bytes per instruction", round(counts["bytes_on_disk"] / counts["instructions"], 4)))
+    if (Path(trace) / DB_NAME).exists():
+        with open_index(trace) as con:
+            index = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
+            facts.append(("index", "complete" if index.get("index_complete") else
+                          f"INCOMPLETE: {index.get('index_problem') or 'the recording did not finish'}"))
+            for table in ("exec", "mem", "syscalls", "mmaps", "modules", "symbols", "regs"):
+                facts.append((f"rows in {table}", con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]))
+            facts.append(("registers", index.get("regs_unavailable")))
+    else:
+        facts.append(("index", f"none; build it with: cannoli index {trace}"))
+    return facts

@@ -1,0 +1,73 @@
+"""The trace directory: meta.json, chunks/, trace.duckdb.
+
+meta.json is written at the start of a recording with complete=false and
+rewritten (atomically: temp file, fsync, rename) when the recording ends, so a
+trace directory never looks complete unless it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from . import format as F
+from .errors import CannoliError
+
+META_NAME = "meta.json"
+CHUNKS_NAME = "chunks"
+MAX_META_BYTES = 16 << 20
+
+
+def default_trace_dir(program: str) -> Path:
+    return Path(os.path.basename(program) + ".cannoli")
+
+
+def create(path: Path, force: bool) -> Path:
+    """Make a fresh trace directory; refuses to replace an existing one unless force."""
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise CannoliError(f"{path} already exists; choose another with -o DIR or replace it with --force")
+        if not path.is_dir() or path.is_symlink():
+            raise CannoliError(f"{path} exists and is not a directory; remove it or choose another with -o DIR")
+        if any(path.iterdir()) and not (path / META_NAME).exists():
+            raise CannoliError(f"{path} is not a Cannoli DB trace (no {META_NAME}); refusing to delete it with --force")
+        shutil.rmtree(path)
+    try:
+        (path / CHUNKS_NAME).mkdir(parents=True)
+    except OSError as exc:
+        raise CannoliError(f"cannot create trace directory {path}: {exc.strerror}") from None
+    return path
+
+
+def write_meta(path: Path, meta: dict) -> None:
+    tmp = path / f".{META_NAME}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path / META_NAME)
+
+
+def read_meta(path: Path) -> dict:
+    """meta.json of a trace, checked; a CannoliError names what is wrong."""
+    meta_path = Path(path) / META_NAME
+    if not Path(path).is_dir():
+        raise CannoliError(f"{path}: no such trace directory; record one with: cannoli record PROGRAM")
+    try:
+        if meta_path.stat().st_size > MAX_META_BYTES:
+            raise CannoliError(f"{meta_path}: too large to be a trace's meta.json")
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise CannoliError(f"{path}: not a Cannoli DB trace (no {META_NAME})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CannoliError(f"{meta_path}: damaged ({exc}); the chunks may still be indexable") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
+        raise CannoliError(f"{meta_path}: damaged (no format_version)")
+    if meta["format_version"] != F.FORMAT_VERSION:
+        raise CannoliError(
+            f"{path}: trace format version {meta['format_version']}, this Cannoli DB reads {F.FORMAT_VERSION}"
+        )
+    return meta

@@ -1,0 +1,175 @@
+/*
+ * cannoli_format.h -- the Cannoli DB record format, defined once.
+ *
+ * Shared by the QEMU plugin (producer), the ring consumer library and, mirrored
+ * field by field, by cannoli_db/format.py (a test checks that the two agree:
+ * sizes, offsets, magics, capacities).  docs/format.md explains it in prose.
+ *
+ * A recording is a stream of *packets*.  A packet is one snapshot of one guest
+ * thread's lane (see cannoli_ring.h): a fixed-size packet header followed by
+ * the used part of each section, in section order, with no padding.  Each
+ * section is an array of fixed-size records, so a reader decodes a section with
+ * one numpy.frombuffer call.  Chunk files hold zstd-compressed runs of packets.
+ *
+ * Bump CN_FORMAT_VERSION only on an incompatible change; readers check it first.
+ * All integers are little-endian; all addresses are guest virtual addresses.
+ */
+#ifndef CANNOLI_FORMAT_H
+#define CANNOLI_FORMAT_H
+
+#include <stdint.h>
+
+#define CN_FORMAT_VERSION 1
+
+/* 8-byte magics, stored as bytes (not as integers). */
+#define CN_CHUNK_MAGIC  "CNDBCHNK"
+#define CN_PACKET_MAGIC "CNDBPAKT"
+#define CN_RING_MAGIC   "CNDBRING"
+
+/* ---- sections of a packet, in on-disk order ------------------------------ */
+enum cn_section {
+    CN_SEC_EXEC = 0,      /* uint32 block_id per executed block                  */
+    CN_SEC_MEM_ADDR,      /* uint64 per access: address                           */
+    CN_SEC_MEM_VALUE,     /* uint64 per access: value read back after the access  */
+    CN_SEC_MEM_INFO,      /* uint32 per access: see CN_MEMINFO_*                  */
+    CN_SEC_EVENT,         /* struct cn_event per event                            */
+    CN_SEC_BLOCK,         /* struct cn_block per translated block                 */
+    CN_SEC_INSN_SIZE,     /* uint8 per instruction of the blocks above, bytes     */
+    CN_SEC_INSN_BYTES,    /* uint8: the blocks' instruction bytes, concatenated   */
+    CN_SEC_BLOB,          /* uint8: strings and buffers that events point into    */
+    CN_NSECTIONS
+};
+
+/* On disk (in packets) three sections are transformed to compress well; in the
+ * ring they are plain arrays.  count[] of a packet still gives records, except
+ * for CN_SEC_MEM_VALUE, whose count is its length in bytes.
+ *   MEM_ADDR   a[i] - a[i-1] (mod 2^64, a[-1] = 0), then byte planes: all
+ *              bytes 0 of the n deltas, then all bytes 1, ... (8n bytes)
+ *   MEM_INFO   w[i] - w[i-1] (mod 2^32, w[-1] = 0), then byte planes (4n bytes)
+ *   MEM_VALUE  each value cut to its access size (1, 2, 4 or 8 bytes, from the
+ *              info word), grouped by size: all 1-byte values in access order,
+ *              then all 2-byte, 4-byte, 8-byte ones, little-endian.          */
+
+/* Capacity of each section in one lane, in records.  A packet never holds more;
+ * readers reject a packet that claims more. */
+#define CN_CAP_EXEC        65536u
+#define CN_CAP_MEM         65536u
+#define CN_CAP_EVENT       4096u
+#define CN_CAP_BLOCK       8192u
+#define CN_CAP_INSN_SIZE   65536u
+#define CN_CAP_INSN_BYTES  262144u
+#define CN_CAP_BLOB        262144u
+
+/* QEMU translates at most 512 instructions into one block (TCG_MAX_INSNS). */
+#define CN_MAX_BLOCK_INSNS 512u
+/* Longest string or buffer one event may carry in the blob section, bytes. */
+#define CN_MAX_BLOB_ITEM   4096u
+
+/* ---- memory access info word (CN_SEC_MEM_INFO) ----------------------------
+ * bits  0..2  log2(access size in bytes)                (0..3: 1..8 bytes)
+ * bit   3     1 = store, 0 = load
+ * bit   4     1 = guest big-endian access (never set yet: little-endian guests only)
+ * bits  5..13 index of the instruction within its block (0..511)
+ * bits 14..31 link: which exec of this packet the access belongs to:
+ *             link k >= 1 -> exec[k-1] of this packet; link 0 -> the thread's
+ *             block that was executing when the packet began (the last exec
+ *             of the thread's previous packet).                              */
+#define CN_MEMINFO_SHIFT_MASK  0x7u
+#define CN_MEMINFO_STORE       (1u << 3)
+#define CN_MEMINFO_BIGENDIAN   (1u << 4)
+#define CN_MEMINFO_INSN_SHIFT  5
+#define CN_MEMINFO_INSN_MASK   0x1ffu
+#define CN_MEMINFO_LINK_SHIFT  14
+
+/* ---- events (CN_SEC_EVENT) ------------------------------------------------ */
+enum cn_event_kind {
+    CN_EV_THREAD_START = 1, /* v0 pid, v1 tid, v2 parent pid if this is a fork child else 0 */
+    CN_EV_THREAD_EXIT  = 2, /* the guest thread ended                                      */
+    CN_EV_SYSCALL      = 3, /* v0 number, v1..v6 arguments 1..6                            */
+    CN_EV_SYSRET       = 4, /* v0 number, v1 return value (as int64)                       */
+    CN_EV_SEGMENT      = 5, /* closes the thread's open ordering segment: execs with
+                               ordinal < `ordinal` not yet in a segment; seq orders it     */
+    CN_EV_PARTIAL      = 6, /* exec `ordinal` ran only v0 instructions of its block; v1 is
+                               the twin block of those instructions                        */
+    CN_EV_BLOB         = 7, /* v0 guest address, v1 blob offset in this packet, v2 length,
+                               v3 syscall number, v4 argument index, v5 CN_BLOB_* flags     */
+    CN_EV_PROCESS      = 8, /* first translation of the recording (fork children share the
+                               parent's layout): v0 start of the program's
+                               code, v1 end of it, v2 its entry point (QEMU's loader view),
+                               v3 guest_base, v4 pc of the first block, v5 blob offset and
+                               v6 length of the program's path                             */
+};
+
+#define CN_BLOB_STRING     1u   /* a NUL-terminated string argument (NUL not stored)   */
+#define CN_BLOB_TRUNCATED  2u   /* longer than CN_MAX_BLOB_ITEM: only the prefix kept  */
+#define CN_BLOB_UNREADABLE 4u   /* the guest pointer could not be read (length 0)      */
+
+struct cn_event {
+    uint16_t kind;          /* enum cn_event_kind                                     */
+    uint16_t flags;         /* reserved, 0                                            */
+    uint32_t reserved;      /* 0                                                      */
+    uint64_t ordinal;       /* exec ordinal (0-based, per thread): for SYSCALL, SYSRET,
+                               BLOB and PARTIAL the block executing (the syscall's
+                               block); for the others the count of blocks started
+                               before the event                                      */
+    uint64_t seq;           /* global sequence number (ring-wide atomic counter) or 0 */
+    uint64_t v[7];          /* kind-specific values, see above                        */
+};                          /* 80 bytes */
+
+/* ---- translated blocks (CN_SEC_BLOCK) ------------------------------------- */
+#define CN_BLOCK_TWIN 1u    /* a prefix of block `base_id` that QEMU executed when the
+                               block stopped early; same pc, fewer instructions       */
+
+struct cn_block {
+    uint64_t pc;            /* guest address of the first instruction                 */
+    uint32_t block_id;      /* unique for the whole recording (all threads, forks)    */
+    uint16_t n_insns;       /* instructions; their sizes follow in CN_SEC_INSN_SIZE    */
+    uint16_t flags;         /* CN_BLOCK_*                                             */
+    uint32_t n_bytes;       /* instruction bytes; they follow in CN_SEC_INSN_BYTES     */
+    uint32_t base_id;       /* the full block for a twin, else block_id itself        */
+};                          /* 24 bytes */
+
+/* ---- packet header ---------------------------------------------------------
+ * One per packet, followed by the sections (counts below give their lengths). */
+#define CN_PACKET_SALVAGED  1u  /* taken from a lane whose producer had died or
+                                   stopped without closing it                      */
+#define CN_PACKET_LAST      2u  /* the thread closed its stream (thread exit)      */
+
+struct cn_packet_header {
+    char     magic[8];      /* CN_PACKET_MAGIC                                        */
+    uint16_t version;       /* CN_FORMAT_VERSION                                      */
+    uint16_t header_size;   /* sizeof(struct cn_packet_header)                        */
+    uint32_t flags;         /* CN_PACKET_*                                            */
+    uint32_t pid;           /* host = guest process id of the producing thread        */
+    uint32_t tid;           /* host = guest thread id                                 */
+    uint64_t packet_seq;    /* 0, 1, 2 ... per thread                                 */
+    uint64_t exec_first;    /* the thread's exec ordinal of exec[0] in this packet     */
+    uint32_t count[CN_NSECTIONS]; /* records in each section                           */
+    uint32_t cur_done;      /* 1 if the thread's last started block reached its last
+                               instruction (or a syscall) when this packet was taken  */
+    uint32_t cur_progress;  /* highest instruction index known started in that block  */
+    uint64_t reserved[2];
+};                          /* 104 bytes */
+
+/* ---- chunk file ------------------------------------------------------------
+ * chunks/NNNNNN.zst = this header, then one zstd frame whose content is a run of
+ * whole packets.  Written to a temporary name, fsynced, then renamed.        */
+struct cn_chunk_header {
+    char     magic[8];      /* CN_CHUNK_MAGIC                                         */
+    uint16_t version;       /* CN_FORMAT_VERSION                                      */
+    uint16_t header_size;   /* sizeof(struct cn_chunk_header)                         */
+    uint32_t n_packets;     /* packets in the frame                                   */
+    uint64_t chunk_seq;     /* equals NNNNNN in the file name                         */
+    uint64_t payload_size;  /* bytes of the zstd frame that follows                   */
+    uint64_t raw_size;      /* bytes of the frame's content (the packets)             */
+    uint32_t payload_crc32; /* zlib CRC-32 of the zstd frame                          */
+    uint32_t header_crc32;  /* zlib CRC-32 of this header with this field set to 0    */
+    uint64_t n_exec;        /* record totals over the packets, for quick `info`       */
+    uint64_t n_mem;
+    uint64_t n_event;
+};                          /* 72 bytes */
+
+/* A chunk's frame never decompresses to more than this (bytes). */
+#define CN_MAX_CHUNK_RAW (256u * 1024u * 1024u)
+
+#endif

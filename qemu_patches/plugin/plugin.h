@@ -1,0 +1,118 @@
+/*
+ * plugin.h -- internal interface between the plugin's source files.
+ *
+ *   plugin_main.c     install, options, mapping the ring, atexit
+ *   plugin_lane.c     per-thread state, lanes (taking, publishing, waiting), events
+ *   plugin_exec.c     block translation and execution, exact instruction counts
+ *   plugin_mem.c      memory accesses with their values
+ *   plugin_syscall.c  syscalls, their string arguments, ordering segments
+ */
+#ifndef CN_PLUGIN_H
+#define CN_PLUGIN_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include "qemu_plugin_api.h"
+#include "../cannoli_format.h"
+#include "../cannoli_ring.h"
+
+#define CN_HIDDEN __attribute__((visibility("hidden")))
+#define CN_LIKELY(x) __builtin_expect(!!(x), 1)
+#define CN_UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Blocks per ordering segment: bounds how coarse cross-thread order can be. */
+#define CN_SEGMENT_BLOCKS 1024u
+
+/* What the plugin keeps about one translated block (never freed: QEMU may run
+ * a translation until the end). */
+struct cn_tb {
+    uint64_t pc;
+    uint32_t block_id;
+    uint16_t n_insns;
+    uint16_t n_bytes;
+    uint64_t *insn_pc;      /* n_insns entries                                   */
+    uint8_t *insn_size;     /* n_insns entries                                   */
+    uint8_t *bytes;         /* n_bytes                                           */
+    uint32_t *twin_id;      /* lazily: twin_id[k] = id of the k-instruction prefix */
+    uint64_t *hits;         /* block-end counter in the ring, or NULL: callback marker */
+};
+
+/* One guest thread (= one host thread in QEMU user mode). */
+struct cn_thread {
+    struct cn_lane_header *lane;   /* NULL until the thread's first event       */
+    uint32_t *exec;                /* the lane's sections, cached for the hot path */
+    uint64_t *mem_addr;
+    uint64_t *mem_value;
+    uint32_t *mem_info;
+    const struct cn_tb *cur;       /* block executing now                        */
+    uint64_t exec_ord;             /* blocks started so far                      */
+    uint64_t segment_start;        /* first exec ordinal of the open segment     */
+    uint64_t packet_seq;
+    uint32_t pid, tid, parent_pid;
+    bool started;
+};
+
+/* Global state, set once in qemu_plugin_install. */
+struct cn_config {
+    struct cn_ring_header *ring;
+    struct cn_lane_layout layout;
+    bool record_mem;
+    uint64_t guest_base;
+    bool guest_base_known;
+    bool process_recorded;
+    const char *target;
+};
+
+extern CN_HIDDEN struct cn_config cn_cfg;
+extern __thread struct cn_thread cn_self __attribute__((tls_model("initial-exec")));
+
+/* plugin_lane.c */
+CN_HIDDEN struct cn_thread *cn_thread_begin(struct cn_thread *t);
+CN_HIDDEN void cn_lane_rollover(struct cn_thread *t);
+CN_HIDDEN void cn_lane_publish(struct cn_thread *t, uint32_t flags);
+CN_HIDDEN struct cn_event *cn_event_new(struct cn_thread *t, uint16_t kind, uint64_t ordinal);
+CN_HIDDEN void cn_event_commit(struct cn_thread *t);
+CN_HIDDEN uint64_t cn_seq_next(void);
+CN_HIDDEN uint64_t cn_segment_close(struct cn_thread *t, uint64_t end_ordinal);
+CN_HIDDEN void cn_thread_exit(struct cn_thread *t);
+CN_HIDDEN void cn_lane_install_fork_handler(void);
+CN_HIDDEN bool cn_lane_reserve(struct cn_thread *t, int section, uint32_t n);
+
+/* The calling guest thread's state, with a lane to write to. */
+static inline struct cn_thread *cn_thread_self(void)
+{
+    struct cn_thread *t = &cn_self;
+    if (CN_LIKELY(t->lane != NULL)) {
+        return t;
+    }
+    return cn_thread_begin(t);
+}
+
+static inline void *cn_sec(struct cn_lane_header *lane, int s)
+{
+    return cn_lane_section(lane, &cn_cfg.layout, s);
+}
+
+static inline void cn_count_set(struct cn_lane_header *lane, int s, uint32_t v)
+{
+    /* release: the recorder may salvage the lane at any moment after a crash,
+     * and must never see a count that covers a half-written record */
+    __atomic_store_n(&lane->count[s], v, __ATOMIC_RELEASE);
+}
+
+/* plugin_exec.c */
+CN_HIDDEN void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+
+/* plugin_mem.c */
+CN_HIDDEN void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
+                        uint64_t vaddr, void *udata);
+
+/* plugin_syscall.c */
+CN_HIDDEN void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num,
+                            uint64_t a1, uint64_t a2, uint64_t a3, uint64_t a4,
+                            uint64_t a5, uint64_t a6, uint64_t a7, uint64_t a8);
+CN_HIDDEN void vcpu_syscall_ret(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num,
+                                int64_t ret);
+CN_HIDDEN bool cn_syscall_table_select(const char *target);
+
+#endif

@@ -1,0 +1,288 @@
+/*
+ * plugin_exec.c -- block translation and execution, with exact instruction
+ * counts.
+ *
+ * Translation time (vcpu_tb_trans, once per block): describe the block, give
+ * it an id, write its definition (pc, instruction sizes, bytes) to the lane,
+ * and register the execution-time callbacks.
+ *
+ * Execution time, per executed block: vcpu_tb_exec appends the block id to the
+ * lane's exec section.  A block does not always run to its end: a guest fault,
+ * a self-modifying-code restart, or (QEMU 7.2) an instruction that QEMU dropped
+ * from the block after the plugin saw it because it crossed a page.  So the
+ * last instruction of every multi-instruction block bumps a block-end counter
+ * in the ring (an inline add, no callback; cannoli_ring.h), and vcpu_tb_exec
+ * keeps a snapshot of the counter of the block it starts.  At the next block,
+ * an unchanged counter means the last instruction never started, and the
+ * previous block is resolved:
+ *   - the new pc is the pc of instruction k of the old block -> k ran;
+ *   - otherwise (a signal)  -> the instructions up to the last one known to
+ *     have started (memory accesses record progress) ran.
+ * The exec entry is then rewritten to a *twin* block: the same pc with only
+ * the instructions that ran, so every exec row's block has the exact count.
+ *
+ * Counters are shared by all threads (QEMU 7.2 has no per-vCPU inline ops): a
+ * block cut short in one thread while another thread finishes the same block
+ * at that moment is taken as finished.  Faults are rare and that window is a
+ * few instructions wide; docs/format.md states it.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plugin.h"
+
+static pthread_mutex_t twin_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (!p) {
+        abort();
+    }
+    return p;
+}
+
+static void emit_block_def(struct cn_thread *t, const struct cn_tb *d, uint32_t id,
+                           uint16_t n_insns, uint16_t flags)
+{
+    uint32_t n_bytes = 0;
+    for (uint16_t i = 0; i < n_insns; i++) {
+        n_bytes += d->insn_size[i];
+    }
+    struct cn_lane_header *lane = t->lane;
+    if (lane->count[CN_SEC_BLOCK] + 1 > CN_CAP_BLOCK ||
+        lane->count[CN_SEC_INSN_SIZE] + n_insns > CN_CAP_INSN_SIZE ||
+        lane->count[CN_SEC_INSN_BYTES] + n_bytes > CN_CAP_INSN_BYTES) {
+        cn_lane_rollover(t);
+        lane = t->lane;
+    }
+    memcpy((uint8_t *)cn_sec(lane, CN_SEC_INSN_SIZE) + lane->count[CN_SEC_INSN_SIZE],
+           d->insn_size, n_insns);
+    memcpy((uint8_t *)cn_sec(lane, CN_SEC_INSN_BYTES) + lane->count[CN_SEC_INSN_BYTES],
+           d->bytes, n_bytes);
+    struct cn_block *b = (struct cn_block *)cn_sec(lane, CN_SEC_BLOCK) + lane->count[CN_SEC_BLOCK];
+    b->pc = d->pc;
+    b->block_id = id;
+    b->n_insns = n_insns;
+    b->flags = flags;
+    b->n_bytes = n_bytes;
+    b->base_id = d->block_id;
+    cn_count_set(lane, CN_SEC_INSN_SIZE, lane->count[CN_SEC_INSN_SIZE] + n_insns);
+    cn_count_set(lane, CN_SEC_INSN_BYTES, lane->count[CN_SEC_INSN_BYTES] + n_bytes);
+    cn_count_set(lane, CN_SEC_BLOCK, lane->count[CN_SEC_BLOCK] + 1);
+}
+
+static uint32_t new_block_id(void)
+{
+    return (uint32_t)__atomic_fetch_add(&cn_cfg.ring->next_block_id, 1, __ATOMIC_RELAXED);
+}
+
+/* The id of the block made of the first k instructions of d (0 < k < n). */
+static uint32_t twin_block_id(struct cn_thread *t, struct cn_tb *d, uint16_t k)
+{
+    pthread_mutex_lock(&twin_lock);
+    if (!d->twin_id) {
+        d->twin_id = xcalloc(d->n_insns, sizeof(uint32_t));
+    }
+    uint32_t id = d->twin_id[k];
+    if (!id) {
+        id = new_block_id();
+        d->twin_id[k] = id;
+        emit_block_def(t, d, id, k, CN_BLOCK_TWIN);
+    }
+    pthread_mutex_unlock(&twin_lock);
+    return id;
+}
+
+static uint16_t executed_insns(const struct cn_tb *d, uint32_t progress, uint64_t next_pc)
+{
+    for (uint32_t k = progress + 1; k < d->n_insns; k++) {
+        if (d->insn_pc[k] == next_pc) {
+            return (uint16_t)k;
+        }
+    }
+    return (uint16_t)(progress + 1);
+}
+
+/* The previous block of this thread stopped before its last instruction. */
+static void resolve_interrupted(struct cn_thread *t, uint64_t next_pc)
+{
+    struct cn_tb *d = (struct cn_tb *)t->cur;
+    uint16_t ran = executed_insns(d, t->lane->cur_progress, next_pc);
+    uint64_t ordinal = t->exec_ord - 1;
+    t->lane->cur_done = 1;
+    if (ran >= d->n_insns) {
+        return;
+    }
+    uint32_t id = twin_block_id(t, d, ran);
+    struct cn_lane_header *lane = t->lane;
+    uint32_t n = lane->count[CN_SEC_EXEC];
+    if (n > 0 && lane->exec_first + n - 1 == ordinal) {
+        ((uint32_t *)cn_sec(lane, CN_SEC_EXEC))[n - 1] = id;
+        return;
+    }
+    /* the exec entry was already handed to the recorder: say it in an event */
+    struct cn_event *ev = cn_event_new(t, CN_EV_PARTIAL, ordinal);
+    ev->v[0] = ran;
+    ev->v[1] = id;
+    cn_event_commit(t);
+}
+
+static inline void record_exec(struct cn_thread *t, struct cn_lane_header *lane, uint32_t n,
+                               const struct cn_tb *d)
+{
+    t->exec[n] = d->block_id;
+    lane->cur_done = d->n_insns == 1;
+    lane->cur_progress = 0;
+    lane->cur_block = d->block_id;
+    lane->cur_snap = d->hits ? *d->hits : 0;
+    cn_count_set(lane, CN_SEC_EXEC, n + 1);
+    t->cur = d;
+    t->exec_ord++;
+}
+
+static inline bool prev_block_cut_short(const struct cn_thread *t)
+{
+    const struct cn_tb *prev = t->cur;
+    return !t->lane->cur_done && prev && (!prev->hits || *prev->hits == t->lane->cur_snap);
+}
+
+/* Everything but the common case: first event of a thread, a block that was
+ * cut short, a segment to close, a full exec section. */
+static __attribute__((noinline)) void tb_exec_slow(const struct cn_tb *d)
+{
+    struct cn_thread *t = cn_thread_self();
+    if (prev_block_cut_short(t)) {
+        resolve_interrupted(t, d->pc);
+    }
+    if (t->exec_ord - t->segment_start >= CN_SEGMENT_BLOCKS) {
+        cn_segment_close(t, t->exec_ord);
+    }
+    if (t->lane->count[CN_SEC_EXEC] == CN_CAP_EXEC) {
+        cn_lane_rollover(t);
+    }
+    record_exec(t, t->lane, t->lane->count[CN_SEC_EXEC], d);
+}
+
+/* Runs before every executed block: keep it to a few loads and stores. */
+static void vcpu_tb_exec(unsigned int vcpu_index, void *udata)
+{
+    const struct cn_tb *d = udata;
+    struct cn_thread *t = &cn_self;
+    struct cn_lane_header *lane = t->lane;
+    (void)vcpu_index;
+    if (CN_UNLIKELY(!lane || prev_block_cut_short(t) ||
+                    t->exec_ord - t->segment_start >= CN_SEGMENT_BLOCKS ||
+                    lane->count[CN_SEC_EXEC] == CN_CAP_EXEC)) {
+        tb_exec_slow(d);
+        return;
+    }
+    record_exec(t, lane, lane->count[CN_SEC_EXEC], d);
+}
+
+static void vcpu_insn_last(unsigned int vcpu_index, void *udata)
+{
+    struct cn_thread *t = cn_thread_self();
+    (void)vcpu_index;
+    t->lane->cur_progress = (uint32_t)(uintptr_t)udata;
+    t->lane->cur_done = 1;
+}
+
+static void learn_guest_base(struct qemu_plugin_insn *insn)
+{
+    void *haddr = qemu_plugin_insn_haddr(insn);
+    if (haddr && !cn_cfg.guest_base_known) {
+        /* user mode maps guest address A at host address guest_base + A */
+        cn_cfg.guest_base = (uint64_t)(uintptr_t)haddr - qemu_plugin_insn_vaddr(insn);
+        cn_cfg.guest_base_known = true;
+        cn_cfg.ring->guest_base = cn_cfg.guest_base;
+    }
+}
+
+static struct cn_tb *describe_block(struct qemu_plugin_tb *tb)
+{
+    size_t n = qemu_plugin_tb_n_insns(tb);
+    if (n > CN_MAX_BLOCK_INSNS) {
+        n = CN_MAX_BLOCK_INSNS;
+    }
+    struct cn_tb *d = xcalloc(1, sizeof(*d));
+    d->pc = qemu_plugin_tb_vaddr(tb);
+    d->n_insns = (uint16_t)n;
+    d->insn_pc = xcalloc(n, sizeof(uint64_t));
+    d->insn_size = xcalloc(n, 1);
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        total += qemu_plugin_insn_size(qemu_plugin_tb_get_insn(tb, i));
+    }
+    d->bytes = xcalloc(total, 1);
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct qemu_plugin_insn *insn = qemu_plugin_tb_get_insn(tb, i);
+        d->insn_pc[i] = qemu_plugin_insn_vaddr(insn);
+        size_t got = cn_compat_insn_bytes(insn, d->bytes + off, total - off);
+        d->insn_size[i] = (uint8_t)got;
+        off += got;
+    }
+    d->n_bytes = (uint16_t)off;
+    learn_guest_base(qemu_plugin_tb_get_insn(tb, 0));
+    return d;
+}
+
+/* Where QEMU's loader put the program, once per process: the indexer places
+ * the executable and interpreter with it. */
+static void record_process(struct cn_thread *t, uint64_t first_pc)
+{
+    const char *path = qemu_plugin_path_to_binary();
+    size_t len = path ? strnlen(path, CN_MAX_BLOB_ITEM) : 0;
+    cn_lane_reserve(t, CN_SEC_BLOB, (uint32_t)len);
+    cn_lane_reserve(t, CN_SEC_EVENT, 1);
+    struct cn_lane_header *lane = t->lane;
+    uint32_t off = lane->count[CN_SEC_BLOB];
+    memcpy((uint8_t *)cn_sec(lane, CN_SEC_BLOB) + off, path ? path : "", len);
+    cn_count_set(lane, CN_SEC_BLOB, off + (uint32_t)len);
+    struct cn_event *ev = cn_event_new(t, CN_EV_PROCESS, t->exec_ord);
+    ev->v[0] = qemu_plugin_start_code();
+    ev->v[1] = qemu_plugin_end_code();
+    ev->v[2] = qemu_plugin_entry_code();
+    ev->v[3] = cn_cfg.guest_base;
+    ev->v[4] = first_pc;
+    ev->v[5] = off;
+    ev->v[6] = len;
+    cn_event_commit(t);
+}
+
+void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    (void)id;
+    if (qemu_plugin_tb_n_insns(tb) == 0) {
+        return;
+    }
+    struct cn_tb *d = describe_block(tb);
+    d->block_id = new_block_id();
+    struct cn_thread *t = cn_thread_self();
+    if (!cn_cfg.process_recorded) {
+        cn_cfg.process_recorded = true;
+        record_process(t, d->pc);
+    }
+    emit_block_def(t, d, d->block_id, d->n_insns, 0);
+
+    qemu_plugin_register_vcpu_tb_exec_cb(tb, vcpu_tb_exec, QEMU_PLUGIN_CB_NO_REGS, d);
+    size_t last = d->n_insns - 1;
+    struct cn_ring_header *r = cn_cfg.ring;
+    if (last > 0 && d->block_id < r->hits_capacity) {
+        d->hits = &cn_ring_hits(r)[d->block_id];
+        cn_compat_insn_inline_add(qemu_plugin_tb_get_insn(tb, last), d->hits, 1);
+    } else if (last > 0) {
+        qemu_plugin_register_vcpu_insn_exec_cb(qemu_plugin_tb_get_insn(tb, last), vcpu_insn_last,
+                                               QEMU_PLUGIN_CB_NO_REGS, (void *)(uintptr_t)last);
+    }
+    if (cn_cfg.record_mem) {
+        for (size_t i = 0; i < d->n_insns; i++) {
+            uintptr_t info = (uintptr_t)i << CN_MEMINFO_INSN_SHIFT;
+            qemu_plugin_register_vcpu_mem_cb(qemu_plugin_tb_get_insn(tb, i), vcpu_mem,
+                                             QEMU_PLUGIN_CB_NO_REGS, QEMU_PLUGIN_MEM_RW,
+                                             (void *)info);
+        }
+    }
+}

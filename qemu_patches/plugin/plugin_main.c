@@ -1,0 +1,150 @@
+/*
+ * plugin_main.c -- Cannoli DB's QEMU TCG plugin: entry point and options.
+ *
+ * Usage (the recorder builds this command line; see cannoli_db/recorder):
+ *   qemu-x86_64 -plugin libcannoli.so,fd=N[,mem=on|off] ./app [args...]
+ *     fd=N     descriptor of the shared-memory ring (a memfd the recorder
+ *              created and initialised; see cannoli_ring.h).  Required.
+ *     mem=on   record every memory access with its value (default);
+ *     mem=off  blocks, syscalls and threads only.
+ * An unknown or malformed option is an error: QEMU refuses to start.
+ *
+ * Records: block translations, block executions (exact instruction counts),
+ * memory accesses with values, syscalls with arguments, return values and path
+ * strings, thread start and exit, and cross-thread ordering segments.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "plugin.h"
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_version = CN_QEMU_PLUGIN_API;
+
+struct cn_config cn_cfg;
+
+static int fail(const char *msg, const char *detail)
+{
+    fprintf(stderr, "cannoli plugin: %s%s%s\n", msg, detail ? ": " : "", detail ? detail : "");
+    return -1;
+}
+
+static int parse_on_off(const char *value, bool *out)
+{
+    if (strcmp(value, "on") == 0 || strcmp(value, "true") == 0) {
+        *out = true;
+        return 0;
+    }
+    if (strcmp(value, "off") == 0 || strcmp(value, "false") == 0) {
+        *out = false;
+        return 0;
+    }
+    return -1;
+}
+
+static int parse_options(int argc, char **argv, int *fd)
+{
+    *fd = -1;
+    cn_cfg.record_mem = true;
+    for (int i = 0; i < argc; i++) {
+        char *eq = strchr(argv[i], '=');
+        if (!eq) {
+            return fail("option without a value (expected key=value)", argv[i]);
+        }
+        const char *value = eq + 1;
+        size_t keylen = (size_t)(eq - argv[i]);
+        if (keylen == 2 && strncmp(argv[i], "fd", 2) == 0) {
+            char *end;
+            long v = strtol(value, &end, 10);
+            if (*value == '\0' || *end != '\0' || v < 0 || v > 1 << 20) {
+                return fail("fd must be a descriptor number", argv[i]);
+            }
+            *fd = (int)v;
+        } else if (keylen == 3 && strncmp(argv[i], "mem", 3) == 0) {
+            if (parse_on_off(value, &cn_cfg.record_mem) != 0) {
+                return fail("mem must be on or off", argv[i]);
+            }
+        } else {
+            return fail("unknown option (known: fd, mem)", argv[i]);
+        }
+    }
+    if (*fd < 0) {
+        return fail("missing fd=N (the ring descriptor from the recorder)", NULL);
+    }
+    return 0;
+}
+
+static int map_ring(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof(struct cn_ring_header)) {
+        return fail("fd is not a ring", strerror(errno));
+    }
+    void *mem = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (mem == MAP_FAILED) {
+        return fail("cannot map the ring", strerror(errno));
+    }
+    close(fd); /* the mapping stays; the guest never sees the descriptor */
+    struct cn_ring_header *r = mem;
+    if (memcmp(r->magic, CN_RING_MAGIC, 8) != 0 || r->version != CN_RING_VERSION ||
+        r->format_version != CN_FORMAT_VERSION) {
+        return fail("ring has a different magic or version than this plugin", NULL);
+    }
+    cn_lane_layout(&cn_cfg.layout);
+    if (r->lane_stride != cn_cfg.layout.stride || r->n_lanes == 0 ||
+        cn_ring_size(r->n_lanes) > (size_t)st.st_size) {
+        return fail("ring layout does not match this plugin", NULL);
+    }
+    cn_cfg.ring = r;
+    return 0;
+}
+
+static void vcpu_exit(qemu_plugin_id_t id, unsigned int vcpu_index)
+{
+    (void)id, (void)vcpu_index;
+    if (cn_self.lane) {
+        cn_thread_exit(&cn_self);
+    }
+}
+
+/* Runs on exit_group in the exiting thread; other threads' lanes stay OWNED
+ * and the recorder salvages them once QEMU is gone. */
+static void plugin_atexit(qemu_plugin_id_t id, void *udata)
+{
+    (void)id, (void)udata;
+    if (cn_self.lane) {
+        cn_thread_exit(&cn_self);
+    }
+}
+
+QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
+                                           int argc, char **argv)
+{
+    int fd;
+    if (info->system_emulation) {
+        return fail("only QEMU user mode (qemu-<arch>) is supported", NULL);
+    }
+    if (parse_options(argc, argv, &fd) != 0 || map_ring(fd) != 0) {
+        return -1;
+    }
+    cn_cfg.target = info->target_name;
+    cn_syscall_table_select(info->target_name);
+    struct cn_ring_header *r = cn_cfg.ring;
+    snprintf(r->target, sizeof(r->target), "%s", info->target_name);
+    r->plugin_api = CN_QEMU_PLUGIN_API;
+    r->mem_enabled = cn_cfg.record_mem;
+    __atomic_store_n(&r->plugin_ready, 1, __ATOMIC_RELEASE);
+
+    cn_lane_install_fork_handler();
+    qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
+    qemu_plugin_register_vcpu_syscall_cb(id, vcpu_syscall);
+    qemu_plugin_register_vcpu_syscall_ret_cb(id, vcpu_syscall_ret);
+    qemu_plugin_register_vcpu_exit_cb(id, vcpu_exit);
+    qemu_plugin_register_atexit_cb(id, plugin_atexit, NULL);
+    return 0;
+}

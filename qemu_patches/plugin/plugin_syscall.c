@@ -1,0 +1,165 @@
+/*
+ * plugin_syscall.c -- syscalls with all six arguments and the return value,
+ * the path strings they pass, and the ordering segments they close.
+ *
+ * A syscall closes the thread's ordering segment at its entry with a fresh
+ * global sequence number, so syscalls of different threads are totally ordered
+ * by entry, and instructions after a blocking call returns are ordered after
+ * everything that happened before it was entered.
+ *
+ * Path arguments are guest pointers that QEMU reads without a guest load, so
+ * they would be lost unless copied here.  They are read with
+ * process_vm_readv, which fails cleanly on a bad pointer instead of faulting.
+ */
+#define _GNU_SOURCE
+#include <string.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include "plugin.h"
+
+/* Which arguments (0-based) of a syscall are path strings, per target. */
+struct path_args {
+    int nr;
+    int8_t arg[2]; /* -1: none */
+};
+
+static const struct path_args x86_64_paths[] = {
+    { 2, { 0, -1 } },   /* open */          { 4, { 0, -1 } },   /* stat */
+    { 6, { 0, -1 } },   /* lstat */         { 21, { 0, -1 } },  /* access */
+    { 59, { 0, -1 } },  /* execve */        { 76, { 0, -1 } },  /* truncate */
+    { 80, { 0, -1 } },  /* chdir */         { 82, { 0, 1 } },   /* rename */
+    { 83, { 0, -1 } },  /* mkdir */         { 84, { 0, -1 } },  /* rmdir */
+    { 85, { 0, -1 } },  /* creat */         { 86, { 0, 1 } },   /* link */
+    { 87, { 0, -1 } },  /* unlink */        { 88, { 0, 1 } },   /* symlink */
+    { 89, { 0, -1 } },  /* readlink */      { 90, { 0, -1 } },  /* chmod */
+    { 92, { 0, -1 } },  /* chown */         { 94, { 0, -1 } },  /* lchown */
+    { 133, { 0, -1 } }, /* mknod */         { 137, { 0, -1 } }, /* statfs */
+    { 161, { 0, -1 } }, /* chroot */        { 254, { 1, -1 } }, /* inotify_add_watch */
+    { 257, { 1, -1 } }, /* openat */        { 258, { 1, -1 } }, /* mkdirat */
+    { 260, { 1, -1 } }, /* fchownat */      { 262, { 1, -1 } }, /* newfstatat */
+    { 263, { 1, -1 } }, /* unlinkat */      { 264, { 1, 3 } },  /* renameat */
+    { 265, { 1, 3 } },  /* linkat */        { 266, { 0, 2 } },  /* symlinkat */
+    { 267, { 1, -1 } }, /* readlinkat */    { 268, { 1, -1 } }, /* fchmodat */
+    { 269, { 1, -1 } }, /* faccessat */     { 280, { 1, -1 } }, /* utimensat */
+    { 316, { 1, 3 } },  /* renameat2 */     { 319, { 0, -1 } }, /* memfd_create */
+    { 322, { 1, -1 } }, /* execveat */      { 332, { 1, -1 } }, /* statx */
+    { 437, { 1, -1 } }, /* openat2 */       { 439, { 1, -1 } }, /* faccessat2 */
+};
+
+static const struct path_args *paths;
+static size_t n_paths;
+
+bool cn_syscall_table_select(const char *target)
+{
+    if (strcmp(target, "x86_64") == 0) {
+        paths = x86_64_paths;
+        n_paths = sizeof(x86_64_paths) / sizeof(x86_64_paths[0]);
+        return true;
+    }
+    return false; /* syscalls are still recorded; path strings are not */
+}
+
+static const struct path_args *path_args_of(int64_t nr)
+{
+    for (size_t i = 0; i < n_paths; i++) {
+        if (paths[i].nr == nr) {
+            return &paths[i];
+        }
+    }
+    return NULL;
+}
+
+/* Copy the guest string at addr into dest (at most cap bytes, no NUL).
+ * Returns its length, or -1 if the first byte is unreadable. */
+static long read_guest_string(uint64_t addr, uint8_t *dest, size_t cap, bool *truncated)
+{
+    size_t got = 0;
+    *truncated = false;
+    while (got < cap) {
+        uint64_t host = cn_cfg.guest_base + addr + got;
+        size_t room = 4096 - (host & 4095); /* never cross a page in one read */
+        if (room > cap - got) {
+            room = cap - got;
+        }
+        struct iovec local = { dest + got, room };
+        struct iovec remote = { (void *)(uintptr_t)host, room };
+        ssize_t n = process_vm_readv(getpid(), &local, 1, &remote, 1, 0);
+        if (n <= 0) {
+            return got ? (long)got : -1;
+        }
+        void *nul = memchr(dest + got, 0, (size_t)n);
+        if (nul) {
+            return (long)((uint8_t *)nul - dest);
+        }
+        got += (size_t)n;
+    }
+    *truncated = true;
+    return (long)got;
+}
+
+static void record_string(struct cn_thread *t, int64_t nr, int arg, uint64_t addr)
+{
+    cn_lane_reserve(t, CN_SEC_BLOB, CN_MAX_BLOB_ITEM);
+    cn_lane_reserve(t, CN_SEC_EVENT, 1);
+    struct cn_lane_header *lane = t->lane;
+    uint32_t off = lane->count[CN_SEC_BLOB];
+    uint8_t *dest = (uint8_t *)cn_sec(lane, CN_SEC_BLOB) + off;
+    bool truncated;
+    long len = read_guest_string(addr, dest, CN_MAX_BLOB_ITEM, &truncated);
+    uint64_t flags = CN_BLOB_STRING;
+    if (len < 0) {
+        flags |= CN_BLOB_UNREADABLE;
+        len = 0;
+    }
+    if (truncated) {
+        flags |= CN_BLOB_TRUNCATED;
+    }
+    cn_count_set(lane, CN_SEC_BLOB, off + (uint32_t)len);
+    struct cn_event *ev = cn_event_new(t, CN_EV_BLOB, t->exec_ord - 1);
+    ev->v[0] = addr;
+    ev->v[1] = off;
+    ev->v[2] = (uint64_t)len;
+    ev->v[3] = (uint64_t)nr;
+    ev->v[4] = (uint64_t)arg;
+    ev->v[5] = flags;
+    cn_event_commit(t);
+}
+
+void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uint64_t a1,
+                  uint64_t a2, uint64_t a3, uint64_t a4, uint64_t a5, uint64_t a6, uint64_t a7,
+                  uint64_t a8)
+{
+    (void)id, (void)vcpu_index, (void)a7, (void)a8;
+    struct cn_thread *t = cn_thread_self();
+    /* a syscall instruction always ends its block: the block ran to its end */
+    if (t->cur) {
+        t->lane->cur_done = 1;
+        t->lane->cur_progress = t->cur->n_insns - 1u;
+    }
+    uint64_t seq = cn_segment_close(t, t->exec_ord);
+
+    struct cn_event *ev = cn_event_new(t, CN_EV_SYSCALL, t->exec_ord - 1);
+    const uint64_t args[6] = { a1, a2, a3, a4, a5, a6 };
+    ev->seq = seq;
+    ev->v[0] = (uint64_t)num;
+    memcpy(&ev->v[1], args, sizeof(args));
+    cn_event_commit(t);
+
+    const struct path_args *p = path_args_of(num);
+    for (int i = 0; p && i < 2; i++) {
+        if (p->arg[i] >= 0) {
+            record_string(t, num, p->arg[i], args[p->arg[i]]);
+        }
+    }
+}
+
+void vcpu_syscall_ret(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, int64_t ret)
+{
+    (void)id, (void)vcpu_index;
+    struct cn_thread *t = cn_thread_self();
+    struct cn_event *ev = cn_event_new(t, CN_EV_SYSRET, t->exec_ord - 1);
+    ev->v[0] = (uint64_t)num;
+    ev->v[1] = (uint64_t)ret;
+    cn_event_commit(t);
+}

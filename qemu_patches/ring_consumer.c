@@ -1,0 +1,232 @@
+/*
+ * ring_consumer.c -- the recorder's side of the ring (loaded with cffi by
+ * cannoli_db/recorder/ring.py).  Creates and initialises the ring, finds lanes
+ * that producers published, copies a lane out as one packet
+ * (cannoli_format.h), and hands lanes back.
+ *
+ * Counts in a lane were written by another process that may have died at any
+ * moment: every count is clamped to its section's capacity before use.
+ */
+#include <string.h>
+
+#include "cannoli_ring.h"
+
+#define CN_EXPORT __attribute__((visibility("default")))
+
+CN_EXPORT size_t cn_consumer_ring_size(uint32_t n_lanes)
+{
+    return cn_ring_size(n_lanes);
+}
+
+CN_EXPORT size_t cn_consumer_max_packet_size(void)
+{
+    struct cn_lane_layout l;
+    cn_lane_layout(&l);
+    size_t size = sizeof(struct cn_packet_header);
+    for (int s = 0; s < CN_NSECTIONS; s++) {
+        size += l.record_size[s] * l.capacity[s];
+    }
+    return size;
+}
+
+CN_EXPORT int cn_consumer_init(void *mem, size_t size, uint32_t n_lanes, uint32_t recorder_pid)
+{
+    struct cn_lane_layout l;
+    cn_lane_layout(&l);
+    if (n_lanes == 0 || size < cn_ring_size(n_lanes)) {
+        return -1;
+    }
+    struct cn_ring_header *r = mem;
+    memset(r, 0, sizeof(*r));
+    memcpy(r->magic, CN_RING_MAGIC, 8);
+    r->version = CN_RING_VERSION;
+    r->format_version = CN_FORMAT_VERSION;
+    r->n_lanes = n_lanes;
+    r->lane_stride = l.stride;
+    r->recorder_pid = recorder_pid;
+    r->next_block_id = 1; /* 0 is never a block id */
+    r->hits_offset = cn_ring_lanes_end(n_lanes);
+    r->hits_capacity = CN_HITS_CAPACITY;
+    for (uint32_t i = 0; i < n_lanes; i++) {
+        memset(cn_ring_lane(r, i), 0, sizeof(struct cn_lane_header));
+    }
+    return 0;
+}
+
+CN_EXPORT uint32_t cn_consumer_lane_state(void *mem, uint32_t lane)
+{
+    struct cn_ring_header *r = mem;
+    return __atomic_load_n(&cn_ring_lane(r, lane)->state, __ATOMIC_ACQUIRE);
+}
+
+/* Index of a FULL lane at or after `start` (wrapping), or -1. */
+CN_EXPORT int cn_consumer_next_full(void *mem, uint32_t start)
+{
+    struct cn_ring_header *r = mem;
+    for (uint32_t i = 0; i < r->n_lanes; i++) {
+        uint32_t lane = (start + i) % r->n_lanes;
+        if (cn_consumer_lane_state(mem, lane) == CN_LANE_FULL) {
+            return (int)lane;
+        }
+    }
+    return -1;
+}
+
+static char *put_planes(char *p, const void *src, uint32_t n, size_t width)
+{
+    const uint8_t *b = src;
+    for (size_t plane = 0; plane < width; plane++) {
+        for (uint32_t i = 0; i < n; i++) {
+            *p++ = (char)b[i * width + plane];
+        }
+    }
+    return p;
+}
+
+/* MEM_ADDR and MEM_INFO on disk: deltas, then byte planes (cannoli_format.h). */
+static char *put_addr(char *p, const uint64_t *a, uint32_t n, uint64_t *scratch)
+{
+    uint64_t prev = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        scratch[i] = a[i] - prev;
+        prev = a[i];
+    }
+    return put_planes(p, scratch, n, 8);
+}
+
+static char *put_info(char *p, const uint32_t *w, uint32_t n, uint32_t *scratch)
+{
+    uint32_t prev = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        scratch[i] = w[i] - prev;
+        prev = w[i];
+    }
+    return put_planes(p, scratch, n, 4);
+}
+
+/* MEM_VALUE on disk: values cut to their access size, grouped by size. */
+static char *put_values(char *p, const uint64_t *v, const uint32_t *info, uint32_t n)
+{
+    for (unsigned shift = 0; shift <= 3; shift++) {
+        size_t width = (size_t)1 << shift;
+        for (uint32_t i = 0; i < n; i++) {
+            if ((info[i] & CN_MEMINFO_SHIFT_MASK) == shift) {
+                memcpy(p, &v[i], width); /* little-endian host */
+                p += width;
+            }
+        }
+    }
+    return p;
+}
+
+static uint32_t value_bytes(const uint32_t *info, uint32_t n)
+{
+    uint32_t total = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        unsigned shift = info[i] & CN_MEMINFO_SHIFT_MASK;
+        total += shift <= 3 ? 1u << shift : 0; /* the plugin never writes more */
+    }
+    return total;
+}
+
+/* Copy lane `lane_index` into `out` as one packet (format in cannoli_format.h);
+ * returns its size in bytes, or 0 if it holds nothing.  `scratch` needs room
+ * for CN_CAP_MEM uint64s.  Each executed block id below hist_len is counted in
+ * hist; *max_id receives the largest id seen, so the caller can tell if hist
+ * was too short. */
+CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *out, size_t cap,
+                                  uint32_t extra_flags, void *scratch, uint64_t *hist,
+                                  uint32_t hist_len, uint32_t *max_id)
+{
+    struct cn_ring_header *r = mem;
+    struct cn_lane_header *lane = cn_ring_lane(r, lane_index);
+    struct cn_lane_layout l;
+    cn_lane_layout(&l);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+
+    struct cn_packet_header h;
+    memset(&h, 0, sizeof(h));
+    memcpy(h.magic, CN_PACKET_MAGIC, 8);
+    h.version = CN_FORMAT_VERSION;
+    h.header_size = sizeof(h);
+    h.flags = lane->flags | extra_flags;
+    h.pid = lane->pid;
+    h.tid = lane->tid;
+    h.packet_seq = lane->packet_seq;
+    h.exec_first = lane->exec_first;
+    h.cur_done = lane->cur_done;
+    h.cur_progress = lane->cur_progress;
+    if (!h.cur_done && lane->cur_block && lane->cur_block < r->hits_capacity) {
+        /* the block-end counter moved since the block started: its last
+         * instruction ran */
+        uint64_t hits = __atomic_load_n(&cn_ring_hits(r)[lane->cur_block], __ATOMIC_RELAXED);
+        h.cur_done = hits != lane->cur_snap;
+    }
+    uint32_t total = 0;
+    for (int s = 0; s < CN_NSECTIONS; s++) {
+        uint32_t c = __atomic_load_n(&lane->count[s], __ATOMIC_ACQUIRE);
+        if (s == CN_SEC_MEM_VALUE || s == CN_SEC_MEM_INFO) {
+            c = h.count[CN_SEC_MEM_ADDR]; /* the memory sections share one count */
+        }
+        h.count[s] = c < l.capacity[s] ? c : l.capacity[s];
+        total += h.count[s];
+    }
+    if (total == 0) {
+        return 0;
+    }
+    uint32_t n_mem = h.count[CN_SEC_MEM_ADDR];
+    const uint32_t *info = cn_lane_section(lane, &l, CN_SEC_MEM_INFO);
+    h.count[CN_SEC_MEM_VALUE] = value_bytes(info, n_mem);
+    size_t need = sizeof(h);
+    for (int s = 0; s < CN_NSECTIONS; s++) {
+        need += h.count[s] * (s == CN_SEC_MEM_VALUE ? 1 : l.record_size[s]);
+    }
+    if (need > cap) {
+        return 0;
+    }
+    char *p = out;
+    memcpy(p, &h, sizeof(h));
+    p += sizeof(h);
+    for (int s = 0; s < CN_NSECTIONS; s++) {
+        const void *src = cn_lane_section(lane, &l, s);
+        if (s == CN_SEC_MEM_ADDR) {
+            p = put_addr(p, src, n_mem, scratch);
+        } else if (s == CN_SEC_MEM_VALUE) {
+            p = put_values(p, src, info, n_mem);
+        } else if (s == CN_SEC_MEM_INFO) {
+            p = put_info(p, src, n_mem, scratch);
+        } else {
+            size_t bytes = h.count[s] * l.record_size[s];
+            memcpy(p, src, bytes);
+            p += bytes;
+        }
+    }
+    const uint32_t *exec = cn_lane_section(lane, &l, CN_SEC_EXEC);
+    uint32_t top = 0;
+    for (uint32_t i = 0; i < h.count[CN_SEC_EXEC]; i++) {
+        uint32_t id = exec[i];
+        top = id > top ? id : top;
+        if (id < hist_len) {
+            hist[id]++;
+        }
+    }
+    *max_id = top;
+    return need;
+}
+
+/* Give a lane back to the producers. */
+CN_EXPORT void cn_consumer_release(void *mem, uint32_t lane_index)
+{
+    struct cn_ring_header *r = mem;
+    struct cn_lane_header *lane = cn_ring_lane(r, lane_index);
+    for (int s = 0; s < CN_NSECTIONS; s++) {
+        lane->count[s] = 0;
+    }
+    __atomic_store_n(&lane->state, CN_LANE_FREE, __ATOMIC_RELEASE);
+}
+
+CN_EXPORT void cn_consumer_stop(void *mem)
+{
+    struct cn_ring_header *r = mem;
+    __atomic_store_n(&r->stop, 1, __ATOMIC_RELEASE);
+}

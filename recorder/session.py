@@ -1,0 +1,290 @@
+"""One recording: start QEMU with the plugin, drain the ring into chunk files
+until QEMU is gone, salvage what its threads left in their lanes, and finalise
+meta.json.
+
+The drain loop runs in this (the `cannoli record`) process; compression runs in
+worker threads (chunk_writer.py).  The guest's stdio is inherited and its exit
+status is returned unchanged (128 + signal when it died of a signal).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cannoli_db import __version__, guest_binary, native, tracedir
+from cannoli_db import format as F
+from cannoli_db.decode import view_packet
+from cannoli_db.errors import CannoliError
+from cannoli_db.stream_stats import StreamStats
+
+from .chunk_writer import ChunkWriter
+from .ring import Ring, ring_header
+
+DRAIN_IDLE_SLEEP = 0.0005
+
+
+@dataclass
+class RecordOptions:
+    program: str
+    args: list[str] = field(default_factory=list)
+    out_dir: Path | None = None
+    record_mem: bool = True
+    qemu: str | None = None
+    sysroot: str | None = None
+    force: bool = False
+    n_lanes: int = 32
+    qemu_options: list[str] = field(default_factory=list)
+    zstd_level: int = 1
+
+
+@dataclass
+class RecordResult:
+    trace_dir: Path
+    exit_status: int
+    signal: int | None
+    instructions: int
+    blocks_executed: int
+    mem_events: int
+    syscalls: int
+    threads: int
+    bytes_on_disk: int
+    chunks: int
+    wall_time: float
+    interrupted: bool
+    producer_waits: int
+    meta: dict
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+class _Interrupts:
+    """Ctrl-C while recording: the guest (same process group) gets it from the
+    terminal; we note it and keep draining.  A second one kills QEMU."""
+
+    def __init__(self):
+        self.count = 0
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self):
+        self._old_int = signal.signal(signal.SIGINT, self._on_signal)
+        self._old_term = signal.signal(signal.SIGTERM, self._on_signal)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._old_int)
+        signal.signal(signal.SIGTERM, self._old_term)
+
+    def _on_signal(self, signum, frame):
+        self.count += 1
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        if self.count > 1:
+            self.proc.kill()
+        elif signum == signal.SIGTERM:
+            self.proc.terminate()
+
+
+def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptions,
+                  guest: guest_binary.GuestBinary) -> list[str]:
+    plugin_arg = f"{plugin},fd={ring.fd},mem={'on' if opts.record_mem else 'off'}"
+    cmd = [qemu.path, "-plugin", plugin_arg]
+    if opts.sysroot:
+        cmd += ["-L", opts.sysroot]
+    cmd += opts.qemu_options
+    # -0 keeps the guest's argv[0] as the user typed it
+    cmd += ["-0", opts.program, guest.path, *opts.args]
+    return cmd
+
+
+def _initial_meta(opts: RecordOptions, guest, qemu: native.Qemu) -> dict:
+    return {
+        "format_version": F.FORMAT_VERSION,
+        "cannoli_db_version": __version__,
+        "complete": False,
+        "argv": [opts.program, *opts.args],
+        "program_path": os.path.abspath(guest.path),
+        "arch": guest.arch,
+        "interpreter": guest.interpreter,
+        "sysroot": opts.sysroot,
+        "cwd": os.getcwd(),
+        "qemu_path": qemu.path,
+        "qemu_version": ".".join(map(str, qemu.version)),
+        "plugin_api": qemu.plugin_api,
+        "record_mem": opts.record_mem,
+        "qemu_options": opts.qemu_options,
+        "start_time": _now(),
+    }
+
+
+def record(opts: RecordOptions) -> RecordResult:
+    guest = guest_binary.inspect(opts.program)
+    qemu = native.find_qemu(guest.arch, opts.qemu)
+    plugin = native.plugin_path(qemu)
+    ring = Ring(opts.n_lanes)
+    trace_dir = tracedir.create(opts.out_dir or tracedir.default_trace_dir(opts.program), opts.force)
+    meta = _initial_meta(opts, guest, qemu)
+    tracedir.write_meta(trace_dir, meta)
+    writer = ChunkWriter(trace_dir / tracedir.CHUNKS_NAME, ring.max_packet_size, level=opts.zstd_level)
+    stats = StreamStats()
+    started = time.monotonic()
+    try:
+        with _Interrupts() as interrupts:
+            try:
+                proc = subprocess.Popen(_qemu_command(qemu, plugin, ring, opts, guest), pass_fds=[ring.fd])
+            except OSError as exc:
+                raise CannoliError(f"cannot start {qemu.path}: {exc.strerror}") from None
+            interrupts.proc = proc
+            error = _drain(ring, proc, writer, stats)
+            returncode = proc.wait()
+            instructions = stats.instructions(ring.exec_hist)
+            wall = time.monotonic() - started
+            header = ring_header(ring)
+            if not header["plugin_ready"]:
+                raise CannoliError(
+                    f"QEMU exited (status {returncode}) without loading the plugin; its message is above"
+                )
+            if stats.packets == 0:
+                raise CannoliError(f"QEMU exited (status {returncode}) before the program started; its message is above")
+    except BaseException:
+        _abandon(trace_dir, meta, writer)
+        raise
+    finally:
+        ring.close()
+    if error is not None:
+        meta.update(complete=False, error=str(error), end_time=_now())
+        tracedir.write_meta(trace_dir, meta)
+        raise CannoliError(f"recording stopped: {error}; the chunks written so far in {trace_dir} are valid")
+    return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0)
+
+
+def _drain(ring: Ring, proc: subprocess.Popen, writer: ChunkWriter, stats: StreamStats) -> Exception | None:
+    """Move packets from the ring to chunk files until QEMU exits, then salvage.
+    Returns the error that stopped writing (e.g. disk full), if any."""
+
+    def keep(buf: bytearray, offset: int, size: int) -> int:
+        if size:
+            stats.add(buf, view_packet(buf, offset))
+            writer.commit(size)
+        return size
+
+    def take() -> int:
+        buf, offset = writer.room()
+        return keep(buf, offset, ring.take_full(buf, offset))
+
+    def salvage_room():
+        buf, offset = writer.room()
+        return buf, offset, lambda size: keep(buf, offset, size)
+
+    try:
+        while True:
+            if take():
+                continue
+            if proc.poll() is not None:
+                break
+            time.sleep(DRAIN_IDLE_SLEEP)
+        while take():
+            pass
+        ring.salvage(salvage_room)
+        writer.close()
+    except OSError as exc:
+        ring.stop_producers()
+        proc.kill()
+        return exc
+    return None
+
+
+def _abandon(trace_dir: Path, meta: dict, writer: ChunkWriter) -> None:
+    """A failure before anything was recorded: leave no trace directory that
+    could be mistaken for a recording."""
+    try:
+        writer.close()
+    except Exception:
+        pass
+    if writer.chunks == 0:
+        shutil.rmtree(trace_dir, ignore_errors=True)
+    else:
+        meta.update(complete=False, error="recording aborted", end_time=_now())
+        tracedir.write_meta(trace_dir, meta)
+
+
+def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: StreamStats, instructions: int,
+            writer: ChunkWriter, header: dict, interrupted: bool) -> RecordResult:
+    sig = -returncode if returncode < 0 else None
+    status = 128 + sig if sig else returncode
+    meta.update(
+        complete=not interrupted,
+        interrupted=interrupted,
+        end_time=_now(),
+        wall_time_s=round(wall, 6),
+        exit_status=status,
+        exit_signal=sig,
+        exit_signal_name=signal.Signals(sig).name if sig and sig in signal.Signals._value2member_map_ else None,
+        qemu_target=header["target"].decode(errors="replace"),
+        guest_base=header["guest_base"],
+        counts={
+            "instructions": instructions,
+            "blocks_executed": stats.blocks_executed,
+            "mem_events": stats.mem_events,
+            "syscalls": stats.syscalls,
+            "threads": len(stats.threads),
+            "processes": len({pid for pid, _ in stats.threads}),
+            "packets": stats.packets,
+            "salvaged_packets": stats.salvaged_packets,
+            "chunks": writer.chunks,
+            "bytes_on_disk": writer.bytes_written,
+            "raw_bytes": writer.raw_bytes,
+            "producer_waits": header["producer_waits"],
+        },
+    )
+    tracedir.write_meta(trace_dir, meta)
+    return RecordResult(
+        trace_dir=trace_dir,
+        exit_status=status,
+        signal=sig,
+        instructions=instructions,
+        blocks_executed=stats.blocks_executed,
+        mem_events=stats.mem_events,
+        syscalls=stats.syscalls,
+        threads=len(stats.threads),
+        bytes_on_disk=writer.bytes_written,
+        chunks=writer.chunks,
+        wall_time=wall,
+        interrupted=interrupted,
+        producer_waits=header["producer_waits"],
+        meta=meta,
+    )
+
+
+def summary(result: RecordResult) -> str:
+    """The one-paragraph summary `cannoli record` prints on stderr."""
+    per_insn = result.bytes_on_disk / result.instructions if result.instructions else 0.0
+    how = f"killed by signal {result.signal}" if result.signal else f"exited with status {result.exit_status}"
+    if result.interrupted:
+        how += " after an interrupt (trace marked interrupted)"
+    return (
+        f"cannoli: recorded {result.meta['argv'][0]} ({result.meta['arch']}), which {how}: "
+        f"{result.instructions:,} guest instructions in {result.blocks_executed:,} executed blocks, "
+        f"{result.mem_events:,} memory accesses, {result.syscalls:,} syscalls, "
+        f"{result.threads} thread{'s' if result.threads != 1 else ''}; "
+        f"{_size(result.bytes_on_disk)} on disk in {result.chunks} chunk{'s' if result.chunks != 1 else ''} "
+        f"({per_insn:.3f} bytes/instruction); wall time {result.wall_time:.2f} s. "
+        f"Trace: {result.trace_dir}"
+    )
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+

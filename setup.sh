@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up Cannoli DB on a fresh Debian/Ubuntu machine and record the bundled
+# example.  Installs only what is missing: system packages with apt-get (QEMU
+# user-mode emulation, a C compiler and libc headers, Python venv support),
+# then the Python package into .venv.  Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+APT_PACKAGES=(qemu-user gcc libc6-dev python3-venv)
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# python3-venv is not needed when python3 already makes virtual environments
+if python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    missing=("${missing[@]/python3-venv}")
+fi
+if [ -n "${missing[*]// /}" ]; then
+    echo "setup: installing system packages: ${missing[*]}" >&2
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing[*]} >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e '.[test]'
+
+# The bundled example: build it, record it, describe the trace.
+mkdir -p build
+cc -O1 -g -o build/hello examples/hello.c
+.venv/bin/cannoli record --force -o build/hello.cannoli build/hello
+.venv/bin/cannoli info build/hello.cannoli >/dev/null
+echo "setup: done. Try: .venv/bin/cannoli info build/hello.cannoli" >&2

@@ -1,0 +1,1 @@
+"""Cannoli DB test suite."""

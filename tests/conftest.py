@@ -1,0 +1,201 @@
+"""Shared fixtures: guest programs built from C at test time, the independent
+instruction counter, QEMU's own -strace, and running the real `cannoli` CLI.
+
+Every recording runs real QEMU with the real plugin, ring and recorder.  The
+guest environment is fixed (GUEST_ENV) and identical for the recording and for
+each independent check, because the startup code of a program executes a
+different number of instructions for a different environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cannoli_db import format as F
+from cannoli_db.decode import iter_packets
+
+TESTS = Path(__file__).parent
+GUESTS = TESTS / "guests"
+TOOLS = TESTS / "tools"
+
+GUEST_ENV = {
+    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    "HOME": os.environ.get("HOME", "/root"),
+    "LC_ALL": "C.UTF-8",  # also stops Python from coercing the locale (PEP 538)
+    "CANNOLI_CACHE": os.environ.get("CANNOLI_CACHE", os.path.expanduser("~/.cache/cannoli-db")),
+}
+
+
+def qemu_x86_64() -> str:
+    path = shutil.which("qemu-x86_64")
+    if not path:
+        pytest.fail("qemu-x86_64 is not installed: run the README's setup command (apt-get install qemu-user)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def build_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("build")
+
+
+@pytest.fixture(scope="session")
+def guest(build_dir):
+    """guest(name, static=True) -> path of tests/guests/<name>.c built for x86_64."""
+    built: dict[tuple, Path] = {}
+
+    def build(name: str, static: bool = True) -> Path:
+        key = (name, static)
+        if key not in built:
+            out = build_dir / (name if static else f"{name}-dynamic")
+            cmd = ["cc", "-O1", "-g", "-pthread", "-o", str(out), str(GUESTS / f"{name}.c")]
+            if static:
+                cmd.insert(1, "-static")
+            subprocess.run(cmd, check=True)
+            built[key] = out
+        return built[key]
+
+    return build
+
+
+class InsnCounter:
+    """tests/tools/insn_counter.c: one atomic add per executed instruction, no
+    code shared with the Cannoli DB plugin.  Loaded into the same QEMU as the
+    recording (QEMU takes several -plugin options), so both see one execution:
+    a multi-threaded program's instruction count differs from run to run."""
+
+    def __init__(self, lib: Path, out_dir: Path):
+        self.lib = lib
+        self.out_dir = out_dir
+        self.runs = 0
+
+    def options(self) -> tuple[list[str], Path]:
+        """cannoli record options that load the counter, and where it writes."""
+        self.runs += 1
+        out = self.out_dir / f"count-{os.getpid()}-{self.runs}.txt"
+        return [f"--qemu-option=-plugin", f"--qemu-option={self.lib},out={out}"], out
+
+    @staticmethod
+    def read(out: Path) -> int:
+        assert out.exists(), "the independent counter wrote nothing"
+        return int(out.read_text())
+
+    def count_alone(self, program: Path, *args: str) -> int:
+        """Count a separate plain-QEMU run (for single-threaded, deterministic guests)."""
+        _, out = self.options()
+        subprocess.run([qemu_x86_64(), "-plugin", f"{self.lib},out={out}", "-0", str(program), str(program), *args],
+                       env=GUEST_ENV, capture_output=True, timeout=600)
+        return self.read(out)
+
+
+@pytest.fixture(scope="session")
+def insn_counter(build_dir) -> InsnCounter:
+    lib = build_dir / "insn_counter.so"
+    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(TOOLS / "insn_counter.c")], check=True)
+    return InsnCounter(lib, build_dir)
+
+
+def _syscall_numbers() -> dict[str, int]:
+    header = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
+    return {m[1]: int(m[2]) for m in re.finditer(r"#define __NR_(\w+) (\d+)", header.read_text())}
+
+
+@pytest.fixture(scope="session")
+def qemu_strace():
+    """qemu_strace(program, *args) -> [(number, return value or None)] from
+    `qemu-x86_64 -strace`, names mapped to numbers with the kernel's header."""
+    numbers = _syscall_numbers()
+
+    def run(program: Path, *args: str) -> list[tuple[int, int | None]]:
+        proc = subprocess.run([qemu_x86_64(), "-strace", "-0", str(program), str(program), *args],
+                              env=GUEST_ENV, capture_output=True, text=True, timeout=600)
+        calls = []
+        for line in proc.stderr.splitlines():
+            unknown = re.match(r"^\d+ Unknown syscall (\d+)", line)
+            named = re.match(r"^\d+ (\w+)\(", line)
+            if unknown:
+                calls.append((int(unknown[1]), None))
+            elif named and named[1] in numbers:
+                ret = None
+                if " = " in line:
+                    text = line.rsplit(" = ", 1)[1].split()[0]
+                    ret = int(text, 0)
+                    errno = re.search(r"errno=(\d+)", line)
+                    if ret == -1 and errno:
+                        ret = -int(errno[1])
+                calls.append((numbers[named[1]], ret))
+        return calls
+
+    return run
+
+
+def run_cannoli(*args, cwd=None, env=None, timeout=900, stdin=None) -> subprocess.CompletedProcess:
+    """The real CLI in a child process, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "cannoli_db.cli", *map(str, args)],
+        cwd=cwd, env=env or GUEST_ENV, capture_output=True, text=True, timeout=timeout, stdin=stdin,
+    )
+
+
+@pytest.fixture
+def record(tmp_path):
+    """record(program, *args, options=[...]) -> (CompletedProcess, trace dir)."""
+
+    def do(program: Path, *args: str, options=(), name="trace.cannoli"):
+        trace = tmp_path / name
+        proc = run_cannoli("record", "-o", trace, "--no-index", *options, program, *args, cwd=tmp_path)
+        return proc, trace
+
+    return do
+
+
+@pytest.fixture
+def record_counted(record, insn_counter):
+    """record_counted(program, *args, options=[...]) -> (CompletedProcess, trace
+    dir, instructions counted independently in the same QEMU run)."""
+
+    def do(program: Path, *args: str, options=(), name="trace.cannoli"):
+        counter_options, out = insn_counter.options()
+        proc, trace = record(program, *args, options=[*counter_options, *options], name=name)
+        return proc, trace, insn_counter.read(out)
+
+    return do
+
+
+def read_meta(trace: Path) -> dict:
+    return json.loads((trace / "meta.json").read_text())
+
+
+def decoded_events(trace: Path) -> dict[tuple[int, int], np.ndarray]:
+    """All events of each thread (pid, tid), in the thread's order."""
+    per_thread: dict[tuple[int, int], list] = {}
+    for p in sorted(iter_packets(trace), key=lambda p: (p.thread, p.packet_seq)):
+        per_thread.setdefault(p.thread, []).append(p.events)
+    return {t: np.concatenate(evs) for t, evs in per_thread.items()}
+
+
+def recorded_syscalls(events: np.ndarray) -> list[tuple[int, int | None]]:
+    """[(number, return value or None)] from one thread's events."""
+    calls = []
+    for ev in events:
+        if ev["kind"] == F.EV_SYSCALL:
+            calls.append([int(ev["v"][0]), None])
+        elif ev["kind"] == F.EV_SYSRET and calls and calls[-1][1] is None:
+            calls[-1][1] = int(np.int64(ev["v"][1]))
+    return [tuple(c) for c in calls]
+
+
+def memory_accesses(trace: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(addr, value, info) of every recorded access, all threads."""
+    packets = list(iter_packets(trace))
+    return (np.concatenate([p.mem_addr for p in packets]),
+            np.concatenate([p.mem_value for p in packets]),
+            np.concatenate([p.mem_info for p in packets]))

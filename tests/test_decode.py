@@ -1,0 +1,102 @@
+"""The chunk decoder on hostile input: a damaged, truncated or forged chunk is
+rejected with ChunkError naming the chunk, or decodes to well-formed arrays --
+never another exception, a hang, or an allocation beyond the format's limits."""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cannoli_db import format as F
+from cannoli_db.decode import ChunkError, decode_chunk_bytes, parse_packets, chunk_files
+
+from .conftest import run_cannoli
+
+
+@pytest.fixture(scope="module")
+def real_chunk(guest, tmp_path_factory) -> bytes:
+    trace = tmp_path_factory.mktemp("decode") / "t.cannoli"
+    proc = run_cannoli("record", "--no-index", "-o", trace, guest("threads"), "2", "2000")
+    assert proc.returncode == 0, proc.stderr
+    return chunk_files(trace)[0].read_bytes()
+
+
+def rewrap(raw: bytes, n_packets: int) -> bytes:
+    """A chunk with valid checksums around arbitrary packet bytes."""
+    payload = zstandard.ZstdCompressor(level=1).compress(raw)
+    header = np.zeros(1, F.CHUNK_HEADER_DTYPE)
+    header["magic"], header["version"] = F.CHUNK_MAGIC, F.FORMAT_VERSION
+    header["header_size"] = F.CHUNK_HEADER_DTYPE.itemsize
+    header["n_packets"], header["payload_size"], header["raw_size"] = n_packets, len(payload), len(raw)
+    header["payload_crc32"] = zlib.crc32(payload)
+    header["header_crc32"] = zlib.crc32(header.tobytes())
+    return header.tobytes() + payload
+
+
+def check_well_formed(packets):
+    for p in packets:
+        assert len(p.mem_addr) == len(p.mem_value) == len(p.mem_info) <= F.CAP_MEM
+        assert len(p.exec) <= F.CAP_EXEC and len(p.events) <= F.CAP_EVENT
+        assert p.events.dtype == F.EVENT_DTYPE and p.blocks.dtype == F.BLOCK_DTYPE
+
+
+def decode_or_reject(data: bytes):
+    try:
+        check_well_formed(decode_chunk_bytes(data, "000042.zst"))
+    except ChunkError as exc:
+        assert exc.chunk == "000042.zst"
+
+
+def test_real_chunk_decodes(real_chunk):
+    packets = decode_chunk_bytes(real_chunk, "000000.zst")
+    assert packets and sum(len(p.exec) for p in packets) > 0
+    check_well_formed(packets)
+
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@SETTINGS
+@given(data=st.data())
+def test_mutated_chunk_bytes(real_chunk, data):
+    buf = bytearray(real_chunk)
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(buf) - 1))
+        buf[pos] = data.draw(st.integers(0, 255))
+    decode_or_reject(bytes(buf))
+
+
+@SETTINGS
+@given(cut=st.integers(0, 10_000))
+def test_truncated_chunk(real_chunk, cut):
+    decode_or_reject(real_chunk[: max(0, len(real_chunk) - 1 - cut)])
+
+
+@SETTINGS
+@given(data=st.data())
+def test_mutated_packets_with_valid_checksums(real_chunk, data):
+    raw = bytearray(zstandard.ZstdDecompressor().decompress(real_chunk[F.CHUNK_HEADER_DTYPE.itemsize :]))
+    n_packets = len(parse_packets(bytes(raw)))
+    # aim mutations at the packet header (counts, magic) as often as at the data
+    header_span = F.PACKET_HEADER_DTYPE.itemsize
+    for _ in range(data.draw(st.integers(1, 6))):
+        limit = header_span - 1 if data.draw(st.booleans()) else len(raw) - 1
+        pos = data.draw(st.integers(0, limit))
+        raw[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, 64))
+    decode_or_reject(rewrap(bytes(raw[: len(raw) - cut]), n_packets))
+
+
+def test_oversized_claim_is_rejected_before_allocation(real_chunk):
+    forged = bytearray(real_chunk[: F.CHUNK_HEADER_DTYPE.itemsize])
+    header = np.frombuffer(forged, F.CHUNK_HEADER_DTYPE).copy()
+    header["raw_size"] = F.MAX_CHUNK_RAW + 1
+    header["header_crc32"] = 0
+    header["header_crc32"] = zlib.crc32(header.tobytes())
+    with pytest.raises(ChunkError, match="limit"):
+        decode_chunk_bytes(header.tobytes() + real_chunk[F.CHUNK_HEADER_DTYPE.itemsize :], "x")

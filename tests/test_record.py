@@ -1,0 +1,163 @@
+"""`cannoli record` on real guests under real QEMU, checked against independent
+sources: an instruction counter plugin that shares no code with ours, QEMU's
+own -strace, the guest's ELF symbol table and the guest's known stores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from elftools.elf.elffile import ELFFile
+
+from cannoli_db import format as F
+
+from .conftest import (
+    decoded_events,
+    memory_accesses,
+    read_meta,
+    recorded_syscalls,
+    run_cannoli,
+)
+
+
+def symbol_address(program, name: str) -> tuple[int, int]:
+    with open(program, "rb") as f:
+        sym = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)[0]
+        return sym["st_value"], sym["st_size"]
+
+
+def test_exit_status_stdio_and_arguments_pass_through(guest, record):
+    program = guest("known_stores")
+    # -o and --force after the program belong to the program, not to cannoli
+    proc, trace = record(program, "/etc/hostname", "-o", "x", "--force")
+    assert proc.returncode == 42
+    assert "hello from guest" in proc.stdout
+    assert proc.stdout.splitlines()[-3:] == ["arg:-o", "arg:x", "arg:--force"]
+    meta = read_meta(trace)
+    assert meta["complete"] is True
+    assert meta["exit_status"] == 42
+    assert meta["argv"][1:] == ["/etc/hostname", "-o", "x", "--force"]
+    assert meta["arch"] == "x86_64"
+
+
+def test_summary_paragraph_on_stderr(guest, record):
+    proc, trace = record(guest("known_stores"))
+    meta = read_meta(trace)
+    summary = proc.stderr.strip().splitlines()[-1]
+    assert f"{meta['counts']['instructions']:,} guest instructions" in summary
+    assert f"{meta['counts']['mem_events']:,} memory accesses" in summary
+    assert f"{meta['counts']['syscalls']:,} syscalls" in summary
+    assert "bytes/instruction" in summary and "wall time" in summary
+
+
+@pytest.mark.parametrize("static", [True, False], ids=["static", "dynamic"])
+def test_instruction_count_equals_independent_counter(guest, record_counted, insn_counter, static):
+    program = guest("known_stores", static=static)
+    proc, trace, expected = record_counted(program, "/etc/hostname")
+    assert proc.returncode == 42, proc.stderr
+    assert read_meta(trace)["counts"]["instructions"] == expected
+    # and a separate plain run of this deterministic guest agrees too
+    assert insn_counter.count_alone(program, "/etc/hostname") == expected
+
+
+def test_block_only_recording_counts_the_same(guest, record_counted):
+    program = guest("known_stores")
+    proc, trace, expected = record_counted(program, options=["--no-mem"])
+    meta = read_meta(trace)
+    assert meta["counts"]["instructions"] == expected
+    assert meta["counts"]["mem_events"] == 0
+    assert meta["record_mem"] is False
+
+
+# Return values that differ between two runs: process and thread ids.
+RUN_DEPENDENT = {39: "getpid", 186: "gettid", 218: "set_tid_address", 56: "clone", 57: "fork", 110: "getppid"}
+
+
+def test_syscalls_match_qemu_strace(guest, record, qemu_strace):
+    program = guest("known_stores")
+    expected = qemu_strace(program, "/etc/hostname")
+    proc, trace = record(program, "/etc/hostname")
+    (events,) = decoded_events(trace).values()
+    got = recorded_syscalls(events)
+    assert [nr for nr, _ in got] == [nr for nr, _ in expected]
+    for (nr, ret), (_, want) in zip(got, expected):
+        if want is not None and nr not in RUN_DEPENDENT:
+            assert ret == want, f"syscall {nr}"
+
+
+def test_open_path_string_is_recorded(guest, record, tmp_path):
+    marker = tmp_path / "a-file-the-guest-opens.txt"
+    marker.write_text("x")
+    proc, trace = record(guest("known_stores"), str(marker))
+    strings = []
+    for p_events in decoded_events(trace).values():
+        strings += [ev for ev in p_events if ev["kind"] == F.EV_BLOB]
+    assert strings, "no path strings recorded"
+    from cannoli_db.decode import iter_packets
+
+    texts = []
+    for p in iter_packets(trace):
+        for ev in p.events[p.events["kind"] == F.EV_BLOB]:
+            off, length = int(ev["v"][1]), int(ev["v"][2])
+            texts.append(bytes(p.blob[off : off + length]).decode())
+    assert str(marker) in texts
+
+
+def test_known_stores_recorded_with_exact_values(guest, record):
+    program = guest("known_stores")
+    proc, trace = record(program)
+    addr, value, info = memory_accesses(trace)
+    stores = (info & F.MEMINFO_STORE) != 0
+    size = 1 << (info & F.MEMINFO_SHIFT_MASK)
+    for name, want, width in [("known_u64", 0x1122334455667788, 8), ("known_u32", 0xCAFEF00D, 4),
+                              ("known_u16", 0xBEEF, 2), ("known_u8", 0x5A, 1)]:
+        where, _ = symbol_address(program, name)
+        hits = stores & (addr == where)
+        assert hits.sum() == 1, name
+        assert int(value[hits][0]) == want, name
+        assert int(size[hits][0]) == width, name
+
+
+def test_multithreaded_guest_loses_no_event(guest, record_counted):
+    program = guest("threads")
+    proc, trace, expected = record_counted(program, "6", "100000")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    meta = read_meta(trace)
+    assert meta["counts"]["instructions"] == expected
+    assert meta["counts"]["threads"] == 7
+    # every worker's marker store is there with its value
+    addr, value, info = memory_accesses(trace)
+    base, _ = symbol_address(program, "thread_marker")
+    stores = ((info & F.MEMINFO_STORE) != 0) & (addr >= base) & (addr < base + 6 * 8)
+    assert sorted(int(v) for v in value[stores]) == [0xABCD0000 + i for i in range(6)]
+    # and every increment of the shared counter: one atomic store per iteration
+    shared, _ = symbol_address(program, "shared_counter")
+    assert int(np.count_nonzero(((info & F.MEMINFO_STORE) != 0) & (addr == shared))) == 6 * 100000
+
+
+def test_full_ring_makes_producers_wait_not_drop(guest, record_counted):
+    program = guest("threads")
+    proc, trace, expected = record_counted(program, "4", "200000", options=["--ring-lanes", "2"])
+    assert proc.returncode == 0, proc.stderr
+    meta = read_meta(trace)
+    assert meta["counts"]["producer_waits"] > 0, "the ring never filled: the test proves nothing"
+    assert meta["counts"]["instructions"] == expected
+
+
+def test_refuses_to_overwrite_without_force(guest, record):
+    program = guest("known_stores")
+    proc, trace = record(program)
+    assert proc.returncode == 42
+    again = run_cannoli("record", "--no-index", "-o", trace, program)
+    assert again.returncode != 0
+    assert "already exists" in again.stderr and "--force" in again.stderr
+    forced = run_cannoli("record", "--no-index", "--force", "-o", trace, program)
+    assert forced.returncode == 42
+
+
+def test_guest_killed_by_signal_exits_128_plus_signal(guest, record):
+    proc, trace = record(guest("crash"), "segv")
+    assert proc.returncode == 128 + 11
+    meta = read_meta(trace)
+    assert meta["exit_signal"] == 11 and meta["exit_signal_name"] == "SIGSEGV"
+    addr, value, info = memory_accesses(trace)
+    assert 0xDEADBEEF in value.tolist(), "the store before the crash is missing"
