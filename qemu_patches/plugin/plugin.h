@@ -114,5 +114,7 @@ CN_HIDDEN void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_
 CN_HIDDEN void vcpu_syscall_ret(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num,
                                 int64_t ret);
 CN_HIDDEN bool cn_syscall_table_select(const char *target);
+/* Could a block that starts at pc be the entry of a signal handler? */
+CN_HIDDEN bool cn_may_be_signal_entry(uint64_t pc);
 
 #endif

@@ -16,15 +16,22 @@
  * an unchanged counter means the last instruction never started, and the
  * previous block is resolved:
  *   - the new pc is the pc of instruction k of the old block -> k ran;
- *   - otherwise (a signal)  -> the instructions up to the last one known to
- *     have started (memory accesses record progress) ran.
+ *   - the new pc is a signal handler's entry -> the instructions up to the
+ *     last one known to have started (memory accesses record progress) ran;
+ *   - otherwise the last instruction did run: the counter lost an update.
  * The exec entry is then rewritten to a *twin* block: the same pc with only
  * the instructions that ran, so every exec row's block has the exact count.
  *
- * Counters are shared by all threads (QEMU 7.2 has no per-vCPU inline ops): a
- * block cut short in one thread while another thread finishes the same block
- * at that moment is taken as finished.  Faults are rare and that window is a
- * few instructions wide; docs/format.md states it.
+ * Counters are shared by all threads (QEMU 7.2 has no per-vCPU inline ops),
+ * and the inline add is a plain load-add-store: threads running the same block
+ * at once lose updates, and a counter can look unchanged although the last
+ * instruction ran.  Only a signal moves a thread from inside a block to a pc
+ * outside it, and signals enter handlers that rt_sigaction installed
+ * (plugin_syscall.c), so an unchanged counter counts as "cut short" only when
+ * the next pc is such a handler (or the thread ends there).  The other way
+ * round, a block cut short in one thread while another thread finishes the
+ * same block at that moment is taken as finished.  Faults are rare and that
+ * window is a few instructions wide; docs/format.md states it.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -101,6 +108,9 @@ static uint16_t executed_insns(const struct cn_tb *d, uint32_t progress, uint64_
         if (d->insn_pc[k] == next_pc) {
             return (uint16_t)k;
         }
+    }
+    if (!cn_may_be_signal_entry(next_pc)) {
+        return d->n_insns;
     }
     return (uint16_t)(progress + 1);
 }

@@ -10,8 +10,14 @@
  * Path arguments are guest pointers that QEMU reads without a guest load, so
  * they would be lost unless copied here.  They are read with
  * process_vm_readv, which fails cleanly on a bad pointer instead of faulting.
+ *
+ * rt_sigaction calls are watched for the handler addresses they install: the
+ * only way a block stops before its last instruction and continues at a pc
+ * outside itself is a signal delivered to a handler, and plugin_exec.c needs
+ * to tell that apart from a lost update of a shared block-end counter.
  */
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -47,17 +53,81 @@ static const struct path_args x86_64_paths[] = {
     { 437, { 1, -1 } }, /* openat2 */       { 439, { 1, -1 } }, /* faccessat2 */
 };
 
+/* Where a target's rt_sigaction finds the handler in its struct sigaction. */
+struct sigaction_abi {
+    int nr;
+    unsigned handler_offset; /* bytes                                 */
+    unsigned handler_size;   /* bytes: the guest's pointer size         */
+};
+
+static const struct sigaction_abi x86_64_sigaction = { 13, 0, 8 };
+
 static const struct path_args *paths;
 static size_t n_paths;
+static const struct sigaction_abi *sigaction_abi;
+
+/* Every handler address ever installed (never removed: a handler may be
+ * entered for a signal that was pending when it was replaced). */
+#define CN_MAX_HANDLERS 256
+static uint64_t handlers[CN_MAX_HANDLERS];
+static unsigned n_handlers;
+static bool handlers_unknown = true; /* until a target's ABI is known */
+static pthread_mutex_t handlers_lock = PTHREAD_MUTEX_INITIALIZER;
 
 bool cn_syscall_table_select(const char *target)
 {
     if (strcmp(target, "x86_64") == 0) {
         paths = x86_64_paths;
         n_paths = sizeof(x86_64_paths) / sizeof(x86_64_paths[0]);
+        sigaction_abi = &x86_64_sigaction;
+        handlers_unknown = false;
         return true;
     }
     return false; /* syscalls are still recorded; path strings are not */
+}
+
+bool cn_may_be_signal_entry(uint64_t pc)
+{
+    if (__atomic_load_n(&handlers_unknown, __ATOMIC_ACQUIRE)) {
+        return true;
+    }
+    unsigned n = __atomic_load_n(&n_handlers, __ATOMIC_ACQUIRE);
+    for (unsigned i = 0; i < n; i++) {
+        if (handlers[i] == pc) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Copy len bytes of guest memory; false if any of it is unreadable. */
+static bool read_guest_bytes(uint64_t addr, void *dest, size_t len)
+{
+    struct iovec local = { dest, len };
+    struct iovec remote = { (void *)(uintptr_t)(cn_cfg.guest_base + addr), len };
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)len;
+}
+
+static void note_signal_handler(uint64_t act)
+{
+    uint64_t handler = 0;
+    if (!act || !read_guest_bytes(act + sigaction_abi->handler_offset, &handler,
+                                  sigaction_abi->handler_size)) {
+        return; /* no new action, or the kernel will refuse it too */
+    }
+    if (handler <= 1) {
+        return; /* SIG_DFL, SIG_IGN */
+    }
+    pthread_mutex_lock(&handlers_lock);
+    if (!cn_may_be_signal_entry(handler)) {
+        if (n_handlers == CN_MAX_HANDLERS) {
+            __atomic_store_n(&handlers_unknown, true, __ATOMIC_RELEASE);
+        } else {
+            handlers[n_handlers] = handler;
+            __atomic_store_n(&n_handlers, n_handlers + 1, __ATOMIC_RELEASE);
+        }
+    }
+    pthread_mutex_unlock(&handlers_lock);
 }
 
 static const struct path_args *path_args_of(int64_t nr)
@@ -146,6 +216,9 @@ void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uin
     memcpy(&ev->v[1], args, sizeof(args));
     cn_event_commit(t);
 
+    if (sigaction_abi && num == sigaction_abi->nr) {
+        note_signal_handler(a2);
+    }
     const struct path_args *p = path_args_of(num);
     for (int i = 0; p && i < 2; i++) {
         if (p->arg[i] >= 0) {
