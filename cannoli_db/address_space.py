@@ -136,7 +136,7 @@ def _initial_layout(b: _Builder, meta: dict, ev: np.ndarray, blobs: dict) -> Non
     for e in ev[ev["kind"] == F.EV_PROCESS]:
         pid = int(e["pid"])
         program = meta.get("program_path") or blobs.get(
-            (int(e["pid"]), int(e["tid"]), int(e["packet_seq"]), int(e["i"])), b"").decode(errors="replace")
+            (int(e["pid"]), int(e["tid"]), int(e["packet_seq"]), int(e["i"])), b"").decode(errors="backslashreplace")
         exe = read_elf(program)
         if exe is None:
             continue

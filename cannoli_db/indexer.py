@@ -111,19 +111,20 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
         try:
             for ddl in schema.create_statements():
                 con.execute(ddl)
-            exec_rows, mem_rows = _pass_b(con, files[: used.chunks], plan, blocks, workers, progress)
+            loaded = _pass_b(con, files[: used.chunks], plan, blocks, workers, progress)
             _load_blocks(con, blocks)
             ev_table = events.table()
             _load_threads(con, plan, ev_table)
             syscall_rows = _load_syscalls(con, plan, ev_table, events, meta)
             address_space.load(con, meta, ev_table, events.blobs, plan)
             complete = bool(meta.get("complete")) and problem is None
-            _load_meta(con, meta, complete, problem, total, len(files), time.monotonic() - started)
+            _load_meta(con, meta, complete, problem, total, used.chunks, loaded.unplaced_mem,
+                       time.monotonic() - started)
             con.execute("CHECKPOINT")
         finally:
             con.close()
     os.replace(tmp, trace_dir / DB_NAME)
-    return IndexResult(trace_dir / DB_NAME, used.chunks, total, exec_rows, mem_rows,
+    return IndexResult(trace_dir / DB_NAME, used.chunks, total, loaded.exec_rows, loaded.mem_rows,
                        time.monotonic() - started, complete, problem)
 
 
@@ -158,17 +159,25 @@ def _pass_a(files, blocks: BlockTable, plan: PositionPlan, events: EventLog, pro
     return used, problem
 
 
-def _pass_b(con, files, plan: PositionPlan, blocks: BlockTable, workers: int, progress) -> tuple[int, int]:
+@dataclass
+class _Loaded:
+    exec_rows: int = 0
+    mem_rows: int = 0
+    unplaced_mem: int = 0  # accesses whose position lies in a chunk that could not be indexed
+
+
+def _pass_b(con, files, plan: PositionPlan, blocks: BlockTable, workers: int, progress) -> _Loaded:
     insn_start, insn_pc = blocks.insn_pc_table()
-    exec_rows = mem_rows = 0
+    loaded = _Loaded()
 
     def rows_of(path: Path):
-        execs, mems = [], []
+        execs, mems, unplaced = [], [], 0
         for p in decode_chunk_file(path):
             e, m = _packet_rows(p, plan, blocks, insn_start, insn_pc, path.stem)
             execs.append(e)
             mems.append(m)
-        return pa.concat_tables(execs), pa.concat_tables(mems)
+            unplaced += len(p.mem_info) - m.num_rows
+        return pa.concat_tables(execs), pa.concat_tables(mems), unplaced
 
     batch: list = []
 
@@ -181,16 +190,17 @@ def _pass_b(con, files, plan: PositionPlan, blocks: BlockTable, workers: int, pr
         batch.clear()
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for exec_table, mem_table in _bounded_map(pool, rows_of, files, window=workers + 1):
+        for exec_table, mem_table, unplaced in _bounded_map(pool, rows_of, files, window=workers + 1):
             batch.append((exec_table, mem_table))
-            exec_rows += exec_table.num_rows
-            mem_rows += mem_table.num_rows
+            loaded.exec_rows += exec_table.num_rows
+            loaded.mem_rows += mem_table.num_rows
+            loaded.unplaced_mem += unplaced
             if sum(e.num_rows + m.num_rows for e, m in batch) >= INSERT_BATCH_ROWS:
                 flush()
             progress.advance()
         if batch:
             flush()
-    return exec_rows, mem_rows
+    return loaded
 
 
 def _bounded_map(pool, func, items, window: int):
@@ -322,14 +332,15 @@ def _load_syscalls(con, plan, ev: np.ndarray, events: EventLog, meta: dict) -> i
         if idx is None:
             continue
         strings.append((idx, int(e["tid"]), int(np.int64(e["v"][3])), int(e["v"][4]), int(e["v"][0]),
-                        None if flags & F.BLOB_UNREADABLE else blob.decode("utf-8", "surrogateescape"),
+                        None if flags & F.BLOB_UNREADABLE else blob.decode("utf-8", "backslashreplace"),
                         bool(flags & F.BLOB_TRUNCATED)))
     if strings:
         con.executemany("INSERT INTO syscall_strings VALUES (?, ?, ?, ?, ?, ?, ?)", strings)
     return len(rows)
 
 
-def _load_meta(con, meta: dict, complete: bool, problem, total: int, chunks: int, seconds: float) -> None:
+def _load_meta(con, meta: dict, complete: bool, problem, total: int, chunks: int, unplaced_mem: int,
+               seconds: float) -> None:
     entries = dict(meta)
     entries.update(
         schema_version=schema.SCHEMA_VERSION,
@@ -337,6 +348,7 @@ def _load_meta(con, meta: dict, complete: bool, problem, total: int, chunks: int
         index_problem=problem,
         index_instructions=total,
         index_chunks=chunks,
+        index_unplaced_mem=unplaced_mem,
         index_seconds=round(seconds, 3),
         regs_unavailable=REGS_UNAVAILABLE.format(api=meta.get("plugin_api"), qemu=meta.get("qemu_version")),
     )

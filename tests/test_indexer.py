@@ -123,6 +123,18 @@ def test_guest_mmap_mprotect_munmap_and_file_path(guest, recorded, tmp_path_fact
     assert file_len == 10000
 
 
+def test_file_name_that_is_not_utf8_is_kept_with_escapes(recorded, tmp_path_factory):
+    folder = os.fsencode(tmp_path_factory.mktemp("data"))
+    raw_name = folder + b"/caf\xe9-\xff.bin"
+    with open(raw_name, "wb") as f:
+        f.write(b"x" * 100)
+    trace, stdout, _ = recorded("mappings", os.fsdecode(raw_name))
+    file_addr = int(re.search(r"file=(\w+)", stdout)[1], 16)
+    shown = folder.decode() + "/caf\\xe9-\\xff.bin"
+    assert query(trace, "SELECT path FROM mmaps WHERE kind = 'mmap' AND start = ?", file_addr) == [(shown,)]
+    assert (shown,) in query(trace, "SELECT value FROM syscall_strings WHERE nr = 257")
+
+
 def test_initial_layout_and_symbols_of_a_dynamic_program(guest, recorded):
     trace, _, _ = recorded("known_stores", static=False)
     kinds = dict(query(trace, "SELECT kind, count(*) FROM modules GROUP BY kind"))
@@ -193,6 +205,7 @@ def test_damaged_chunk_is_named_and_earlier_chunks_are_indexed(guest, tmp_path):
     meta = dict(query(trace, "SELECT key, value FROM meta"))
     assert json.loads(meta["index_complete"]) is False
     assert victim.stem in json.loads(meta["index_problem"])
+    assert json.loads(meta["index_chunks"]) == int(victim.stem)
     assert query(trace, "SELECT count(*) FROM exec")[0][0] > 0
 
 
