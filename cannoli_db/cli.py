@@ -110,6 +110,96 @@ def info(trace, fmt):
         write_rows(["item", "detail"], facts, fmt, title=str(trace))
 
 
+def _open(trace: Path):
+    from .trace import Trace
+
+    return Trace.open(trace)
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("query", required=False)
+@output_options
+def sql(trace, query, fmt):
+    """Run SQL (from QUERY, or stdin) against a trace's tables.
+
+    The trace is opened read-only. Tables and columns: docs/schema.md.
+
+    Example: cannoli sql app.cannoli "SELECT name, count(*) FROM syscalls GROUP BY name"
+    """
+    if query is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("give the SQL as an argument or on stdin")
+        query = sys.stdin.read()
+    with _open(trace) as t:
+        rows = t.sql(query)
+    write_rows(rows.columns, rows.rows, fmt)
+
+
+def _parse_params(pairs) -> dict[str, str]:
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="-p")
+        params[key.strip()] = value.strip()
+    return params
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path), required=False)
+@click.argument("name", required=False)
+@click.option("-p", "--param", "params", multiple=True, metavar="KEY=VALUE", help="A query parameter (repeatable).")
+@click.option("--list", "list_queries", is_flag=True, help="List the named queries and their parameters.")
+@output_options
+def query(trace, name, params, list_queries, fmt):
+    """Run a named query from queries/ (see --list) with -p parameters.
+
+    Example: cannoli query app.cannoli who_wrote -p addr=counter -p size=8
+    """
+    from . import named_queries
+
+    if list_queries:
+        rows = [(q.name, q.area, q.purpose, " ".join(_param_usage(p) for p in q.params), q.example)
+                for q in named_queries.catalog().values()]
+        write_rows(["name", "area", "purpose", "parameters", "example"], rows, fmt)
+        return
+    if trace is None or name is None:
+        raise click.UsageError("give a TRACE and a query NAME, or --list")
+    named_queries.lookup(name)
+    with _open(trace) as t:
+        rows = t.query(name, **_parse_params(params))
+    write_rows(rows.columns, rows.rows, fmt)
+
+
+def _param_usage(p) -> str:
+    return f"{p.name}=<{p.type}>" if p.required else f"[{p.name}={p.default}]"
+
+
+@cli.command("who-wrote")
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("address")
+@click.option("--size", type=click.IntRange(1), default=1, show_default=True, help="Bytes from ADDRESS to explain.")
+@click.option("--before", type=click.IntRange(0), metavar="IDX", help="Only writes before this position (default: end).")
+@output_options
+def who_wrote(trace, address, size, before, fmt):
+    """The last write to each byte at ADDRESS (hex or symbol+offset) before a position.
+
+    One row per write that is still visible, with the bytes it covers: a 1-byte
+    question inside an 8-byte store names that store.
+
+    Example: cannoli who-wrote app.cannoli counter+4 --size 4 --before 120000
+    """
+    with _open(trace) as t:
+        writes = t.who_wrote(address, size=size, before=before)
+    columns = ["idx", "tid", "pc", "symbol", "addr", "size", "value", "first_byte", "last_byte", "bytes"]
+    write_rows(columns, [tuple(getattr(w, c) for c in columns) for w in writes], fmt)
+    covered = sum(w.bytes for w in writes)
+    if covered < size:
+        click.echo(f"cannoli: {size - covered} of {size} bytes have no recorded write before "
+                   f"{'the end of the trace' if before is None else f'position {before}'}", err=True)
+
+
 def main() -> None:
     cli(prog_name="cannoli")
 

@@ -117,6 +117,7 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
             _load_threads(con, plan, ev_table)
             syscall_rows = _load_syscalls(con, plan, ev_table, events, meta)
             address_space.load(con, meta, ev_table, events.blobs, plan)
+            _load_mem_by_addr(con)
             complete = bool(meta.get("complete")) and problem is None
             _load_meta(con, meta, complete, problem, total, used.chunks, loaded.unplaced_mem,
                        time.monotonic() - started)
@@ -253,6 +254,10 @@ def _packet_rows(p: Packet, plan, blocks, insn_start, insn_pc, chunk: str):
     return exec_table, mem_table
 
 
+def _load_mem_by_addr(con) -> None:
+    con.execute("INSERT INTO mem_by_addr SELECT addr, idx, tid, pc, size, is_write, value FROM mem ORDER BY addr, idx")
+
+
 def _load_blocks(con, blocks: BlockTable) -> None:
     parts = []
     for rows, _, insn_bytes in blocks.rows:
@@ -349,6 +354,7 @@ def _load_meta(con, meta: dict, complete: bool, problem, total: int, chunks: int
         index_instructions=total,
         index_chunks=chunks,
         index_unplaced_mem=unplaced_mem,
+        mem_max_size=con.execute("SELECT coalesce(max(size), 1) FROM mem").fetchone()[0],
         index_seconds=round(seconds, 3),
         regs_unavailable=REGS_UNAVAILABLE.format(api=meta.get("plugin_api"), qemu=meta.get("qemu_version")),
     )

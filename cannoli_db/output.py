@@ -14,7 +14,7 @@ import click
 FORMATS = ("table", "csv", "json", "jsonl")
 
 # columns whose numbers are addresses or raw values: hex in the table view
-HEX_COLUMNS = {"pc", "addr", "start", "end", "value", "load_bias", "guest_base", "arg0", "arg1", "arg2", "arg3",
+HEX_COLUMNS = {"pc", "addr", "start", "end", "value", "load_bias", "guest_base", "first_byte", "last_byte", "byte_addr", "arg0", "arg1", "arg2", "arg3",
                "arg4", "arg5"}
 
 
@@ -62,4 +62,5 @@ def write_rows(columns: Sequence[str], rows: Iterable[Sequence], fmt: str, title
             table.add_column(c)
         for row in rows:
             table.add_row(*(_cell(c, v) for c, v in zip(columns, row)))
-        Console(file=out).print(table)
+        # a pipe gets every column at full width, a terminal gets its own width
+        Console(file=out, width=None if out.isatty() else 100_000).print(table)

@@ -86,6 +86,20 @@ mem = Table(
     Column("value", UBigInteger, comment="loaded or stored value, little-endian, zero-extended"),
 )
 
+# The same rows as `mem`, sorted by (addr, idx): DuckDB's per-row-group min/max
+# of `addr` then lets a lookup of one address range read a few row groups
+# instead of the whole table (who-wrote, value-at, memory history).
+mem_by_addr = Table(
+    "mem_by_addr", metadata,
+    Column("addr", UBigInteger, nullable=False),
+    Column("idx", UBigInteger, nullable=False, comment="position of the accessing instruction"),
+    _tid(),
+    Column("pc", UBigInteger, nullable=False, comment="address of the accessing instruction"),
+    Column("size", UTinyInteger, nullable=False, comment="bytes: 1, 2, 4 or 8"),
+    Column("is_write", Boolean, nullable=False),
+    Column("value", UBigInteger, comment="loaded or stored value, little-endian, zero-extended"),
+)
+
 syscalls = Table(
     "syscalls", metadata,
     Column("idx", UBigInteger, nullable=False, comment="position of the syscall instruction"),

@@ -1,0 +1,33 @@
+-- name: who_wrote
+-- purpose: The last write to each byte of [addr, addr + size) before a position: one row per write that is still visible, with the bytes it is last for.
+-- param addr: address        first byte (hex, decimal, or symbol+offset)
+-- param size: integer = 1    number of bytes to look at (1 to 1048576)
+-- param before: integer = null  only writes at positions < before count (default: the end of the trace)
+-- columns: idx, tid, pc, addr, size, value, first_byte, last_byte, bytes
+--   idx/tid/pc: the writing instruction; addr/size/value: the write as a whole;
+--   first_byte/last_byte: the part of the query range it covers (absolute addresses);
+--   bytes: how many bytes of the query range it is the last write for.
+-- example: cannoli query app.cannoli who_wrote -p addr=counter -p size=8 -p before=120000
+--
+-- Reads mem_by_addr (sorted by addr) so that only the row groups near addr are
+-- scanned.  An access is at most 64 bytes wide, hence the 64-byte window.
+WITH cand AS (
+    SELECT idx, tid, pc, addr, size, value
+    FROM mem_by_addr
+    WHERE is_write
+      AND addr BETWEEN greatest($addr::UBIGINT, 64) - 64 AND $addr::UBIGINT + $size - 1
+      AND addr + size > $addr::UBIGINT
+      AND idx < coalesce($before::UBIGINT, 18446744073709551615::UBIGINT)
+),
+per_byte AS (
+    SELECT *, addr + unnest(range(size::BIGINT)) AS byte FROM cand
+),
+last_write AS (
+    SELECT * FROM per_byte
+    WHERE byte BETWEEN $addr::UBIGINT AND $addr::UBIGINT + $size - 1
+    QUALIFY row_number() OVER (PARTITION BY byte ORDER BY idx DESC) = 1
+)
+SELECT idx, tid, pc, addr, size, value, min(byte) AS first_byte, max(byte) AS last_byte, count(*) AS bytes
+FROM last_write
+GROUP BY idx, tid, pc, addr, size, value
+ORDER BY first_byte, idx
