@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, tracedir
+from . import __version__
 from .output import output_options, write_rows
 from .errors import CannoliError
 
@@ -141,7 +141,7 @@ def _parse_params(pairs) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="-p")
+            raise CannoliError(f"-p {pair!r} is not key=value, e.g. -p addr=0x4010a0")
         params[key.strip()] = value.strip()
     return params
 

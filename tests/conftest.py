@@ -18,7 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import duckdb
 import pytest
+from elftools.elf.elffile import ELFFile
 
 from cannoli_db import format as F
 from cannoli_db.decode import iter_packets
@@ -81,7 +83,7 @@ class InsnCounter:
         """cannoli record options that load the counter, and where it writes."""
         self.runs += 1
         out = self.out_dir / f"count-{os.getpid()}-{self.runs}.txt"
-        return [f"--qemu-option=-plugin", f"--qemu-option={self.lib},out={out}"], out
+        return ["--qemu-option=-plugin", f"--qemu-option={self.lib},out={out}"], out
 
     @staticmethod
     def read(out: Path) -> int:
@@ -137,11 +139,12 @@ def qemu_strace():
     return run
 
 
-def run_cannoli(*args, cwd=None, env=None, timeout=900, stdin=None) -> subprocess.CompletedProcess:
+def run_cannoli(*args, cwd=None, env=None, timeout=900, stdin=None, input=None) -> subprocess.CompletedProcess:
     """The real CLI in a child process, as a user runs it."""
     return subprocess.run(
         [sys.executable, "-m", "cannoli_db.cli", *map(str, args)],
-        cwd=cwd, env=env or GUEST_ENV, capture_output=True, text=True, timeout=timeout, stdin=stdin,
+        cwd=cwd, env=env or GUEST_ENV, capture_output=True, text=True, timeout=timeout,
+        stdin=None if input is not None else stdin, input=input,
     )
 
 
@@ -199,3 +202,42 @@ def memory_accesses(trace: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.concatenate([p.mem_addr for p in packets]),
             np.concatenate([p.mem_value for p in packets]),
             np.concatenate([p.mem_info for p in packets]))
+
+
+def symbol(program, name):
+    with open(program, "rb") as f:
+        sym = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)[0]
+        return sym["st_value"], sym["st_size"]
+
+
+def query(trace, sql, *params):
+    with duckdb.connect(str(trace / "trace.duckdb"), read_only=True) as con:
+        return con.execute(sql, params).fetchall()
+
+
+@pytest.fixture(scope="session")
+def recorded(guest, insn_counter: InsnCounter, tmp_path_factory):
+    """recorded(name, *args) -> (trace, stdout, independently counted instructions), cached."""
+    cache = {}
+
+    def get(name, *args, static=True):
+        key = (name, args, static)
+        if key not in cache:
+            trace = tmp_path_factory.mktemp("idx") / f"{name}.cannoli"
+            counter_options, out = insn_counter.options()
+            proc = run_cannoli("record", "-o", trace, *counter_options, guest(name, static=static), *args)
+            assert "indexed" in proc.stderr, proc.stderr
+            cache[key] = (trace, proc.stdout, insn_counter.read(out))
+        return cache[key]
+
+    return get
+
+
+def function_containing(program, pc: int) -> str | None:
+    """The FUNC symbol of the ELF file whose [st_value, st_value + st_size) holds pc."""
+    with open(program, "rb") as f:
+        for sym in ELFFile(f).get_section_by_name(".symtab").iter_symbols():
+            if (sym["st_info"]["type"] == "STT_FUNC" and sym["st_size"]
+                    and sym["st_value"] <= pc < sym["st_value"] + sym["st_size"]):
+                return sym.name
+    return None

@@ -7,48 +7,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import duckdb
 import pytest
-from elftools.elf.elffile import ELFFile
 
-from .conftest import GUEST_ENV, InsnCounter, qemu_x86_64, run_cannoli
+from .conftest import GUEST_ENV, qemu_x86_64, query, run_cannoli, symbol
 
 PROT_READ, PROT_WRITE = 1, 2
-
-
-def symbol(program, name):
-    with open(program, "rb") as f:
-        sym = ELFFile(f).get_section_by_name(".symtab").get_symbol_by_name(name)[0]
-        return sym["st_value"], sym["st_size"]
-
-
-def query(trace, sql, *params):
-    with duckdb.connect(str(trace / "trace.duckdb"), read_only=True) as con:
-        return con.execute(sql, params).fetchall()
-
-
-@pytest.fixture(scope="module")
-def recorded(guest, insn_counter: InsnCounter, tmp_path_factory):
-    """recorded(name, *args) -> (trace, stdout, independently counted instructions), cached."""
-    cache = {}
-
-    def get(name, *args, static=True):
-        key = (name, args, static)
-        if key not in cache:
-            trace = tmp_path_factory.mktemp("idx") / f"{name}.cannoli"
-            counter_options, out = insn_counter.options()
-            proc = run_cannoli("record", "-o", trace, *counter_options, guest(name, static=static), *args)
-            assert "indexed" in proc.stderr, proc.stderr
-            cache[key] = (trace, proc.stdout, insn_counter.read(out))
-        return cache[key]
-
-    return get
 
 
 def test_known_store_is_in_mem_with_value_size_and_pc_in_the_storing_function(guest, recorded):
