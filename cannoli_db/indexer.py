@@ -117,10 +117,12 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
             _load_threads(con, plan, ev_table)
             syscall_rows = _load_syscalls(con, plan, ev_table, events, meta)
             address_space.load(con, meta, ev_table, events.blobs, plan)
-            _load_mem_by_addr(con)
+            sort_seconds = _load_mem_by_addr(con)
             complete = bool(meta.get("complete")) and problem is None
-            _load_meta(con, meta, complete, problem, total, used.chunks, loaded.unplaced_mem,
-                       time.monotonic() - started)
+            _load_meta(con, meta, index_complete=complete, index_problem=problem, index_instructions=total,
+                       index_chunks=used.chunks, index_unplaced_mem=loaded.unplaced_mem,
+                       index_mem_by_addr_seconds=sort_seconds,
+                       index_seconds=round(time.monotonic() - started, 3))
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -254,8 +256,11 @@ def _packet_rows(p: Packet, plan, blocks, insn_start, insn_pc, chunk: str):
     return exec_table, mem_table
 
 
-def _load_mem_by_addr(con) -> None:
+def _load_mem_by_addr(con) -> float:
+    """Fill mem_by_addr; returns the seconds the sort took (reported in meta)."""
+    started = time.monotonic()
     con.execute("INSERT INTO mem_by_addr SELECT addr, idx, tid, pc, size, is_write, value FROM mem ORDER BY addr, idx")
+    return round(time.monotonic() - started, 3)
 
 
 def _load_blocks(con, blocks: BlockTable) -> None:
@@ -344,18 +349,13 @@ def _load_syscalls(con, plan, ev: np.ndarray, events: EventLog, meta: dict) -> i
     return len(rows)
 
 
-def _load_meta(con, meta: dict, complete: bool, problem, total: int, chunks: int, unplaced_mem: int,
-               seconds: float) -> None:
+def _load_meta(con, meta: dict, **index_facts) -> None:
+    """meta.json's fields, plus what the index knows (index_* keys, see docs/schema.md)."""
     entries = dict(meta)
     entries.update(
+        index_facts,
         schema_version=schema.SCHEMA_VERSION,
-        index_complete=complete,
-        index_problem=problem,
-        index_instructions=total,
-        index_chunks=chunks,
-        index_unplaced_mem=unplaced_mem,
         mem_max_size=con.execute("SELECT coalesce(max(size), 1) FROM mem").fetchone()[0],
-        index_seconds=round(seconds, 3),
         regs_unavailable=REGS_UNAVAILABLE.format(api=meta.get("plugin_api"), qemu=meta.get("qemu_version")),
     )
     con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in sorted(entries.items())])
