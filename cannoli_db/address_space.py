@@ -133,7 +133,8 @@ class _Builder:
 
 
 def _initial_layout(b: _Builder, meta: dict, ev: np.ndarray, blobs: dict) -> None:
-    for e in ev[ev["kind"] == F.EV_PROCESS]:
+    processes = ev[ev["kind"] == F.EV_PROCESS]
+    for e in processes:
         pid = int(e["pid"])
         program = meta.get("program_path") or blobs.get(
             (int(e["pid"]), int(e["tid"]), int(e["packet_seq"]), int(e["i"])), b"").decode(errors="backslashreplace")
@@ -146,6 +147,28 @@ def _initial_layout(b: _Builder, meta: dict, ev: np.ndarray, blobs: dict) -> Non
             interp = read_elf(b.host_path(exe.interp))
             if interp is not None:
                 b.place(pid, interp, first_pc - interp.entry, "interpreter", exe.interp)
+    if len(processes) and isinstance(meta.get("initial_layout"), dict):
+        _qemu_regions(b, int(processes[0]["pid"]), meta["initial_layout"])
+
+
+def _qemu_regions(b: _Builder, pid: int, layout: dict) -> None:
+    """The mappings QEMU made that no ELF segment explains: the stack and its
+    guard page, the vsyscall/vdso page, reservations (recorder/layout_log.py)."""
+    images = [(m[4], m[5]) for m in b.mmaps if m[2] == pid]
+    stack, brk = layout.get("start_stack"), layout.get("brk")
+    for region in layout.get("regions", []):
+        if not (isinstance(region, list) and len(region) == 3):
+            continue
+        start, end, prot_text = region
+        if not (isinstance(start, int) and isinstance(end, int) and isinstance(prot_text, str) and start < end):
+            continue
+        if any(start < e and s < end for s, e in images):
+            continue
+        prot = sum(bit for ch, bit in zip(prot_text, (PROT_READ, PROT_WRITE, PROT_EXEC)) if ch != "-")
+        name = ("[stack]" if isinstance(stack, int) and start <= stack < end else
+                "[heap]" if isinstance(brk, int) and start <= brk < end else
+                "[vsyscall]" if start >= 1 << 63 else None)
+        b.mmaps.append((None, None, pid, "initial", start, end, prot, None, name, None))
 
 
 def _changes(b: _Builder, con) -> None:

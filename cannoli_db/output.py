@@ -56,11 +56,13 @@ def write_rows(columns: Sequence[str], rows: Iterable[Sequence], fmt: str, title
     else:
         from rich.console import Console
         from rich.table import Table
+        from rich.text import Text
 
         table = Table(title=title)
         for c in columns:
-            table.add_column(c)
+            table.add_column(Text(c))
         for row in rows:
-            table.add_row(*(_cell(c, v) for c, v in zip(columns, row)))
+            # Text, not str: data such as "[stack]" must not be read as rich markup
+            table.add_row(*(Text(_cell(c, v)) for c, v in zip(columns, row)))
         # a pipe gets every column at full width, a terminal gets its own width
         Console(file=out, width=None if out.isatty() else 100_000).print(table)

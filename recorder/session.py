@@ -24,6 +24,7 @@ from cannoli_db.decode import view_packet
 from cannoli_db.errors import CannoliError
 from cannoli_db.stream_stats import StreamStats
 
+from . import layout_log
 from .chunk_writer import ChunkWriter
 from .ring import Ring, ring_header
 
@@ -94,9 +95,13 @@ class _Interrupts:
 
 
 def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptions,
-                  guest: guest_binary.GuestBinary) -> list[str]:
+                  guest: guest_binary.GuestBinary, trace_dir: Path) -> list[str]:
     plugin_arg = f"{plugin},fd={ring.fd},mem={'on' if opts.record_mem else 'off'}"
-    cmd = [qemu.path, "-plugin", plugin_arg]
+    log = (trace_dir / layout_log.LOG_NAME).resolve()
+    logging = layout_log.qemu_args(log, opts.qemu_options)
+    if logging:
+        plugin_arg += f",layout_log={log}"
+    cmd = [qemu.path, "-plugin", plugin_arg, *logging]
     if opts.sysroot:
         cmd += ["-L", opts.sysroot]
     cmd += opts.qemu_options
@@ -139,12 +144,13 @@ def record(opts: RecordOptions) -> RecordResult:
     try:
         with _Interrupts() as interrupts:
             try:
-                proc = subprocess.Popen(_qemu_command(qemu, plugin, ring, opts, guest), pass_fds=[ring.fd])
+                proc = subprocess.Popen(_qemu_command(qemu, plugin, ring, opts, guest, trace_dir), pass_fds=[ring.fd])
             except OSError as exc:
                 raise CannoliError(f"cannot start {qemu.path}: {exc.strerror}") from None
             interrupts.proc = proc
             error = _drain(ring, proc, writer, stats)
             returncode = proc.wait()
+            meta["initial_layout"] = _take_layout(trace_dir)
             instructions = stats.instructions(ring.exec_hist)
             wall = time.monotonic() - started
             header = ring_header(ring)
@@ -164,6 +170,13 @@ def record(opts: RecordOptions) -> RecordResult:
         tracedir.write_meta(trace_dir, meta)
         raise CannoliError(f"recording stopped: {error}; the chunks written so far in {trace_dir} are valid")
     return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0)
+
+
+def _take_layout(trace_dir: Path) -> dict | None:
+    log = trace_dir / layout_log.LOG_NAME
+    layout = layout_log.parse(log)
+    log.unlink(missing_ok=True)
+    return layout
 
 
 def _drain(ring: Ring, proc: subprocess.Popen, writer: ChunkWriter, stats: StreamStats) -> Exception | None:
@@ -212,6 +225,7 @@ def _abandon(trace_dir: Path, meta: dict, writer: ChunkWriter) -> None:
     if writer.chunks == 0:
         shutil.rmtree(trace_dir, ignore_errors=True)
     else:
+        (trace_dir / layout_log.LOG_NAME).unlink(missing_ok=True)
         meta.update(complete=False, error="recording aborted", end_time=_now())
         tracedir.write_meta(trace_dir, meta)
 

@@ -103,6 +103,19 @@ def test_file_name_that_is_not_utf8_is_kept_with_escapes(recorded, tmp_path_fact
     assert (shown,) in query(trace, "SELECT value FROM syscall_strings WHERE nr = 257")
 
 
+def test_initial_layout_has_the_stack_and_vsyscall_page(recorded, tmp_path_factory):
+    data = tmp_path_factory.mktemp("data") / "mapped-file.bin"
+    data.write_bytes(b"s" * 100)
+    trace, stdout, _ = recorded("mappings", str(data))
+    local = int(re.search(r"stack=(\w+)", stdout)[1], 16)
+    stack = query(trace, "SELECT prot FROM mmaps WHERE kind = 'initial' AND path = '[stack]' "
+                         "AND start <= ? AND ? < \"end\"", local, local)
+    assert stack == [(PROT_READ | PROT_WRITE,)]
+    # QEMU 7.2 gives x86_64 guests the legacy vsyscall page, execute-only
+    assert query(trace, "SELECT start, prot FROM mmaps WHERE path = '[vsyscall]'") == [(0xFFFFFFFFFF600000, 4)]
+    assert sorted(p.name for p in trace.iterdir()) == ["chunks", "meta.json", "trace.duckdb"]
+
+
 def test_initial_layout_and_symbols_of_a_dynamic_program(guest, recorded):
     trace, _, _ = recorded("known_stores", static=False)
     kinds = dict(query(trace, "SELECT kind, count(*) FROM modules GROUP BY kind"))

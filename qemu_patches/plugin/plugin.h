@@ -100,6 +100,9 @@ static inline void cn_count_set(struct cn_lane_header *lane, int s, uint32_t v)
     __atomic_store_n(&lane->count[s], v, __ATOMIC_RELEASE);
 }
 
+/* plugin_main.c: QEMU has logged the loaded program's layout; stop the log */
+CN_HIDDEN void cn_layout_logged(void);
+
 /* plugin_exec.c */
 CN_HIDDEN void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 

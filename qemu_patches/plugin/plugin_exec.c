@@ -274,6 +274,7 @@ void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     if (!cn_cfg.process_recorded) {
         cn_cfg.process_recorded = true;
         record_process(t, d->pc);
+        cn_layout_logged();
     }
     emit_block_def(t, d, d->block_id, d->n_insns, 0);
 

@@ -7,6 +7,10 @@
  *              created and initialised; see cannoli_ring.h).  Required.
  *     mem=on   record every memory access with its value (default);
  *     mem=off  blocks, syscalls and threads only.
+ *     layout_log=PATH  QEMU runs with "-d page -D PATH": it logs the guest's
+ *              address space once the program is loaded, and then again after
+ *              every guest mmap.  The plugin points that log at /dev/null when
+ *              the first block is translated, so only the first layout is kept.
  * An unknown or malformed option is an error: QEMU refuses to start.
  *
  * Records: block translations, block executions (exact instruction counts),
@@ -14,7 +18,10 @@
  * strings, thread start and exit, and cross-thread ordering segments.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +34,35 @@
 QEMU_PLUGIN_EXPORT int qemu_plugin_version = CN_QEMU_PLUGIN_API;
 
 struct cn_config cn_cfg;
+
+static const char *layout_log; /* QEMU's -D file, until the first block */
+
+void cn_layout_logged(void)
+{
+    if (!layout_log) {
+        return;
+    }
+    DIR *dir = opendir("/proc/self/fd");
+    struct dirent *entry;
+    char link[PATH_MAX + 1];
+    while (dir && (entry = readdir(dir)) != NULL) {
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/self/fd/%s", entry->d_name);
+        ssize_t n = readlink(path, link, PATH_MAX);
+        if (n <= 0 || (size_t)n != strlen(layout_log) || memcmp(link, layout_log, (size_t)n) != 0) {
+            continue;
+        }
+        int null_fd = open("/dev/null", O_WRONLY | O_CLOEXEC);
+        if (null_fd >= 0) {
+            dup2(null_fd, atoi(entry->d_name));
+            close(null_fd);
+        }
+    }
+    if (dir) {
+        closedir(dir);
+    }
+    layout_log = NULL;
+}
 
 static int fail(const char *msg, const char *detail)
 {
@@ -69,8 +105,13 @@ static int parse_options(int argc, char **argv, int *fd)
             if (parse_on_off(value, &cn_cfg.record_mem) != 0) {
                 return fail("mem must be on or off", argv[i]);
             }
+        } else if (keylen == 10 && strncmp(argv[i], "layout_log", 10) == 0) {
+            if (value[0] != '/' || strlen(value) >= PATH_MAX) {
+                return fail("layout_log must be an absolute path", argv[i]);
+            }
+            layout_log = value;
         } else {
-            return fail("unknown option (known: fd, mem)", argv[i]);
+            return fail("unknown option (known: fd, mem, layout_log)", argv[i]);
         }
     }
     if (*fd < 0) {

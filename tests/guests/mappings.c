@@ -1,7 +1,7 @@
 /* Address-space changes with known results, printed for the tests:
  * an anonymous 3-page RW mapping, an mprotect of its middle page to read-only,
  * a read-only mapping of the file argv[1], then munmap of both.
- * Prints "anon=ADDR", "file=ADDR LEN" in hex. */
+ * Prints "anon=ADDR", "file=ADDR LEN", "stack=ADDR" (of a local) in hex. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/mman.h>
@@ -31,6 +31,8 @@ int main(int argc, char **argv)
     printf("file=%lx %lx\n", (unsigned long)file, (unsigned long)st.st_size);
     volatile char first = file[0];
     (void)first;
+    volatile int local = 1;
+    printf("stack=%lx\n", (unsigned long)&local);
     munmap(file, (size_t)st.st_size);
     munmap(anon, 3 * page);
     return 0;
