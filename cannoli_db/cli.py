@@ -200,6 +200,63 @@ def who_wrote(trace, address, size, before, fmt):
                    f"{'the end of the trace' if before is None else f'position {before}'}", err=True)
 
 
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--range", "span", required=True, metavar="START:END",
+              help="Positions START (inclusive) to END (exclusive); a side may be empty (1000:), END may be +N, "
+                   "or a symbol/address meaning its first execution (main:).")
+@click.option("--tid", type=int, help="Follow one thread only.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people; json: one object per instruction and line, for tools.")
+def replay(trace, span, tid, fmt):
+    """Step through the recorded execution, one instruction per line.
+
+    Each line: position, thread, pc, symbol+offset, the instruction (disassembled
+    from the recorded bytes), memory reads/writes with values, and any syscall.
+
+    Example: cannoli replay app.cannoli --range main:+200 --tid 4242
+    """
+    from .replay import parse_range
+
+    with _open(trace) as t:
+        start, end = parse_range(t, span)
+        out = sys.stdout
+        render = (lambda s: json.dumps(s.as_dict())) if fmt == "json" else (lambda s: s.text())
+        lines = []
+        for step in t.replay(start, end, tid):
+            lines.append(render(step))
+            if len(lines) >= 4096:
+                out.write("\n".join(lines) + "\n")
+                lines.clear()
+        if lines:
+            out.write("\n".join(lines) + "\n")
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("address")
+@click.argument("length", type=click.IntRange(1, 1 << 20))
+@click.option("--at", "at", type=click.IntRange(0), metavar="IDX", help="Position (default: the end of the trace).")
+@click.option("--format", "fmt", type=click.Choice(["hexdump", "json"]), default="hexdump", show_default=True,
+              help="hexdump for people ('??' = unknown); json: a list of byte values, null where unknown.")
+def memory(trace, address, length, at, fmt):
+    """Show memory at ADDRESS as known at a position, from the recorded accesses.
+
+    Bytes that no recorded access saw before the position are shown as ??.
+
+    Example: cannoli memory app.cannoli --at 120000 counter 32
+    """
+    from .hexdump import hexdump
+
+    with _open(trace) as t:
+        at = int(t.meta.get("index_instructions") or 0) if at is None else at
+        image = t.memory_at(at, address, length)
+    if fmt == "json":
+        click.echo(json.dumps({"addr": image.addr, "at": image.at, "bytes": list(image.values)}))
+    else:
+        click.echo(hexdump(image.addr, image.values))
+
+
 def main() -> None:
     cli(prog_name="cannoli")
 

@@ -163,6 +163,22 @@ class Trace:
         """`symbol+0xoff` for an address (or `module+0xoff`, or hex)."""
         return self.symbolizer.name(pc)
 
+    # -- replay ------------------------------------------------------------
+
+    def replay(self, start: int = 0, end: int | None = None, tid: int | None = None):
+        """Steps (cannoli_db.replay.Step) of positions [start, end), optionally of one thread."""
+        from . import replay
+
+        end = int(self.meta.get("index_instructions") or 0) if end is None else end
+        return replay.steps(self, start, end, tid)
+
+    def analyze(self, analysis, workers: int = 0):
+        """Run a cannoli_db.Analysis over the whole trace: per_chunk in worker processes,
+        ordered here in trace order; returns analysis.finish()."""
+        from .analyze import run
+
+        return run(self, analysis, workers)
+
     # -- memory ------------------------------------------------------------
 
     def who_wrote(self, addr: int | str, size: int = 1, before: int | None = None) -> list[Write]:

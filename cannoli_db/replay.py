@@ -1,0 +1,180 @@
+"""Replay: the recorded execution, one instruction at a time.
+
+Each Step is one position: thread, pc, `symbol+offset`, the instruction as
+capstone reads the recorded bytes, the memory accesses it made (with values)
+and the syscall it entered.  Steps are produced window by window
+(WINDOW positions at a time) so a replay of any length runs in bounded memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .disasm import Disassembler
+from .errors import CannoliError
+
+WINDOW = 1 << 16
+MAX_BLOCK_INSNS = 512  # the plugin's cap: an exec row covers at most this many positions
+
+
+@dataclass(frozen=True)
+class Access:
+    addr: int
+    size: int
+    is_write: bool
+    value: int | None
+
+
+@dataclass(frozen=True)
+class Syscall:
+    nr: int
+    name: str | None
+    args: tuple[int, ...]
+    ret: int | None  # None: it never returned
+
+    def render(self) -> str:
+        args = ", ".join(hex(a) for a in self.args)
+        result = "?" if self.ret is None else str(self.ret)
+        return f"{self.name or f'syscall_{self.nr}'}({args}) = {result}"
+
+
+@dataclass(frozen=True)
+class Step:
+    idx: int
+    tid: int
+    pc: int
+    symbol: str
+    insn: str
+    bytes: bytes
+    mem: tuple[Access, ...] = field(default=())
+    syscall: Syscall | None = None
+
+    def as_dict(self) -> dict:
+        return {
+            "idx": self.idx, "tid": self.tid, "pc": self.pc, "symbol": self.symbol, "insn": self.insn,
+            "bytes": self.bytes.hex(),
+            "mem": [{"addr": a.addr, "size": a.size, "write": a.is_write, "value": a.value} for a in self.mem],
+            "syscall": None if self.syscall is None else {
+                "nr": self.syscall.nr, "name": self.syscall.name, "args": list(self.syscall.args),
+                "ret": self.syscall.ret},
+        }
+
+    def text(self) -> str:
+        accesses = " ".join(
+            f"{'W' if a.is_write else 'R'}[{a.addr:#x}]={'?' if a.value is None else hex(a.value)}" for a in self.mem)
+        line = f"{self.idx:>10} {self.tid:>7} {self.pc:#014x} {self.symbol:<32} {self.insn:<40} {accesses}".rstrip()
+        if self.syscall is not None:
+            line += f"\n{'':>19}syscall {self.syscall.render()}"
+        return line
+
+
+def parse_range(trace, text: str) -> tuple[int, int]:
+    """START:END (END exclusive); either side may be empty (trace start / end), a
+    position, or an address or symbol, which means its first execution; END may
+    also be +N, N positions after START (cut at the end of the trace)."""
+    total = int(trace.meta.get("index_instructions") or 0)
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise CannoliError(f"--range {text!r}: write START:END, e.g. 1000:2000, main:, or :500")
+    start = _bound(trace, parts[0], 0)
+    after = parts[1].strip()
+    if after.startswith("+") and after[1:].isdigit():
+        end = min(total, start + int(after[1:]))
+    else:
+        end = _bound(trace, after, total)
+    if start >= total or end > total:
+        raise CannoliError(f"--range {text!r} is outside the trace (positions 0 .. {total - 1}); "
+                           f"see: cannoli info {trace.path}")
+    if start > end:
+        raise CannoliError(f"--range {text!r} is inverted: {start} comes after {end}")
+    return start, end
+
+
+def _bound(trace, text: str, default: int) -> int:
+    text = text.strip()
+    if not text:
+        return default
+    if text.isdigit():
+        return int(text)
+    pc = trace.address(text)
+    first = first_execution(trace, pc)
+    if first is None:
+        raise CannoliError(f"{text} ({pc:#x}) never ran in this trace")
+    return first
+
+
+def first_execution(trace, pc: int) -> int | None:
+    return trace.sql("""
+        SELECT min(e.idx + bi.n) FROM block_insns bi JOIN exec e ON e.block_id = bi.block_id AND bi.n < e.icount
+        WHERE bi.pc = $pc""", {"pc": pc}).rows[0][0]
+
+
+def check_range(trace, start: int, end: int, tid: int | None) -> None:
+    total = int(trace.meta.get("index_instructions") or 0)
+    if start > end:
+        raise CannoliError(f"range {start}:{end} is inverted")
+    if start < 0 or start >= total or end > total:
+        raise CannoliError(f"range {start}:{end} is outside the trace (positions 0 .. {total - 1})")
+    if tid is not None and not trace.sql("SELECT count(*) FROM threads WHERE tid = $t", {"t": tid}).rows[0][0]:
+        known = ", ".join(str(r[0]) for r in trace.sql("SELECT tid FROM threads ORDER BY tid").rows)
+        raise CannoliError(f"no thread {tid} in this trace; its threads are: {known}")
+
+
+def steps(trace, start: int, end: int, tid: int | None = None) -> Iterator[Step]:
+    """The steps of positions [start, end), checked first (errors come before any step)."""
+    check_range(trace, start, end, tid)
+    return _steps(trace, Disassembler(trace.meta.get("arch") or "x86_64"), start, end, tid)
+
+
+def _steps(trace, disasm: Disassembler, start: int, end: int, tid: int | None) -> Iterator[Step]:
+    for lo in range(start, end, WINDOW):
+        yield from _window(trace, disasm, lo, min(end, lo + WINDOW), tid)
+
+
+def _window(trace, disasm: Disassembler, lo: int, hi: int, tid: int | None) -> Iterator[Step]:
+    params = {"lo": lo, "hi": hi, "tid": tid}
+    insns = trace.sql(f"""
+        SELECT e.idx + bi.n AS idx, e.tid, bi.pc, e.block_id, bi.n
+        FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
+        WHERE e.idx >= greatest($lo::UBIGINT, {MAX_BLOCK_INSNS}) - {MAX_BLOCK_INSNS} AND e.idx < $hi
+          AND e.idx + bi.n >= $lo AND e.idx + bi.n < $hi AND ($tid IS NULL OR e.tid = $tid)
+        ORDER BY idx""", params).rows
+    if not insns:
+        return
+    mem = _by_idx(trace.sql("""
+        SELECT idx, addr, size, is_write, value FROM mem
+        WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid) ORDER BY idx""", params).rows)
+    calls = {r[0]: Syscall(r[1], r[2], tuple(r[3:9]), r[9]) for r in trace.sql("""
+        SELECT idx, nr, name, arg0, arg1, arg2, arg3, arg4, arg5, ret FROM syscalls
+        WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid)""", params).rows}
+    texts, codes = _block_texts(trace, disasm, {r[3] for r in insns})
+    pcs = np.fromiter((r[2] for r in insns), np.uint64, len(insns))
+    unique, inverse = np.unique(pcs, return_inverse=True)
+    names = trace.symbolizer.names(unique)
+    for (idx, thread, pc, block_id, n), name_at in zip(insns, inverse):
+        yield Step(idx, thread, pc, names[name_at], texts[block_id][n], codes[block_id][n],
+                   mem.get(idx, ()), calls.get(idx))
+
+
+def _by_idx(rows) -> dict[int, tuple[Access, ...]]:
+    out: dict[int, list[Access]] = {}
+    for idx, addr, size, is_write, value in rows:
+        out.setdefault(idx, []).append(Access(addr, size, is_write, value))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _block_texts(trace, disasm: Disassembler, block_ids: set[int]):
+    rows = trace.sql("""
+        SELECT b.block_id, b.pc, b.bytes, list(bi.size ORDER BY bi.n)
+        FROM blocks b JOIN block_insns bi USING (block_id)
+        WHERE b.block_id IN (SELECT unnest($ids::UINTEGER[]))
+        GROUP BY b.block_id, b.pc, b.bytes""", {"ids": sorted(block_ids)}).rows
+    texts, codes = {}, {}
+    for block_id, pc, code, sizes in rows:
+        texts[block_id] = disasm.block(block_id, pc, code, sizes)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+        codes[block_id] = [bytes(code[offsets[i]: offsets[i + 1]]) for i in range(len(sizes))]
+    return texts, codes
