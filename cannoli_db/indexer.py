@@ -111,7 +111,10 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
         try:
             for ddl in schema.create_statements():
                 con.execute(ddl)
+            # exec and mem need no particular physical order (mem_by_addr does): ~25% faster loads
+            con.execute("SET preserve_insertion_order = false")
             loaded = _pass_b(con, files[: used.chunks], plan, blocks, workers, progress)
+            con.execute("SET preserve_insertion_order = true")
             _load_blocks(con, blocks)
             ev_table = events.table()
             _load_threads(con, plan, ev_table)
