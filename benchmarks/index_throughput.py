@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import duckdb
+from harness import CANNOLI, build, record, run_measured, scratch
 from rich.console import Console
 from rich.table import Table
 
@@ -27,32 +23,22 @@ GUEST = HERE.parent / "tests" / "guests" / "busy_loop.c"
 TARGET_EVENTS_PER_CORE = 10e6
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float, int]:
-    """(wall s, CPU s, peak RSS bytes) of a child process."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="how long the guest runs (trace size)")
     ap.add_argument("--keep", type=Path, help="keep the trace in this directory")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="cannoli-index-bench-"))
-    exe = work / "busy_loop"
-    subprocess.run(["cc", "-O1", "-static", "-o", str(exe), str(GUEST)], check=True)
-    trace = (args.keep or work) / "busy.cannoli"
-    cannoli = [sys.executable, "-m", "cannoli_db.cli"]
-    subprocess.run([*cannoli, "record", "--no-index", "--force", "-o", str(trace), str(exe), str(args.seconds)],
-                   check=True, stderr=subprocess.DEVNULL)
+    with scratch("cannoli-index-bench-") as work:
+        exe = build(GUEST, work, opt="-O1")
+        trace = (args.keep or work) / "busy.cannoli"
+        record(exe, [str(args.seconds)], trace, index=False)
+        measure(trace)
+
+
+def measure(trace: Path) -> None:
     chunks = sorted((trace / "chunks").glob("*.zst"))
     largest_raw = max(int.from_bytes(c.read_bytes()[32:40], "little") for c in chunks)
-    wall, cpu, rss = run_measured([*cannoli, "index", str(trace)])
+    wall, cpu, rss = run_measured([*CANNOLI, "index", str(trace)])
     with duckdb.connect(str(trace / "trace.duckdb"), read_only=True) as con:
         events = sum(con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("exec", "mem", "syscalls"))
     meta = json.loads((trace / "meta.json").read_text())

@@ -20,22 +20,17 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from index_throughput import run_measured
+from harness import CANNOLI, WORKLOADS, build, record, run_measured, scratch
 
 from cannoli_db import Trace
 
-HERE = Path(__file__).parent
-WORKLOAD = HERE / "workloads" / "mem_stream.c"
+WORKLOAD = WORKLOADS / "mem_stream.c"
 TARGET_MS = 100.0
 
 
@@ -60,18 +55,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100, help="questions per kind")
     ap.add_argument("--keep", type=Path, help="keep the trace in this directory")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="cannoli-query-bench-"))
-    try:
-        exe = work / "mem_stream"
-        subprocess.run(["cc", "-O2", "-static", "-o", str(exe), str(WORKLOAD)], check=True)
+    with scratch("cannoli-query-bench-") as work:
+        exe = build(WORKLOAD, work)
         trace = (args.keep or work) / "mem_stream.cannoli"
-        cannoli = [sys.executable, "-m", "cannoli_db.cli"]
-        subprocess.run([*cannoli, "record", "--no-index", "--force", "-o", str(trace), str(exe), str(args.iterations)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        index_wall, _, index_rss = run_measured([*cannoli, "index", str(trace)])
+        record(exe, [str(args.iterations)], trace, index=False)
+        index_wall, _, index_rss = run_measured([*CANNOLI, "index", str(trace)])
         measure(trace, index_wall, index_rss, args.samples)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def measure(trace: Path, index_wall: float, index_rss: int, samples: int) -> None:
@@ -94,7 +83,7 @@ def measure(trace: Path, index_wall: float, index_rss: int, samples: int) -> Non
     row(facts, "memory_at (16 bytes)", at)
     row(facts, "full scan of mem (yardstick)", scan)
     console.print(facts)
-    console.print(f"who_wrote is {scan[len(scan) // 2] / who[len(who) // 2]:.0f}x faster than a scan of mem "
+    console.print(f"who_wrote is {scan[len(scan) // 2] / who[len(who) // 2]:.1f}x faster than a scan of mem "
                   f"(medians, same run)")
     console.print(f"index build: {index_wall:.1f} s wall, of which {sort_s:.1f} s sorting mem_by_addr; "
                   f"peak RSS {index_rss / 2**20:.0f} MiB")

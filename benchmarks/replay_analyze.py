@@ -18,20 +18,18 @@ Targets (issue 6): replay of 1 M instructions under 10 s; analyze at least
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from harness import CANNOLI, WORKLOADS, build, record, scratch
+
 from cannoli_db import Analysis, Trace
 
-HERE = Path(__file__).parent
-WORKLOAD = HERE / "workloads" / "mem_stream.c"
+WORKLOAD = WORKLOADS / "mem_stream.c"
 REPLAY_INSNS = 1_000_000
 TARGET_REPLAY_S = 10.0
 TARGET_EVENTS_PER_S = 50e6
@@ -64,17 +62,11 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=20_000_000)
     ap.add_argument("--keep", type=Path, help="keep the trace in this directory")
     args = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="cannoli-replay-bench-"))
-    try:
-        exe = work / "mem_stream"
-        subprocess.run(["cc", "-O2", "-static", "-o", str(exe), str(WORKLOAD)], check=True)
+    with scratch("cannoli-replay-bench-") as work:
+        exe = build(WORKLOAD, work)
         trace = (args.keep or work) / "mem_stream.cannoli"
-        cannoli = [sys.executable, "-m", "cannoli_db.cli"]
-        subprocess.run([*cannoli, "record", "--force", "-o", str(trace), str(exe), str(args.iterations)],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        measure(trace, cannoli)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        record(exe, [str(args.iterations)], trace, index=True)
+        measure(trace, CANNOLI)
 
 
 def measure(trace: Path, cannoli: list[str]) -> None:
