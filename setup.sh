@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up Cannoli DB on a fresh Debian/Ubuntu machine and record the bundled
 # example.  Installs only what is missing: system packages with apt-get (QEMU
-# user-mode emulation, a C compiler and libc headers, Python venv support),
+# user-mode emulation, a C compiler, libc and capstone headers, Python venv support),
 # then the Python package into .venv.  Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-APT_PACKAGES=(qemu-user gcc libc6-dev python3-venv)
+APT_PACKAGES=(qemu-user gcc libc6-dev libcapstone-dev python3-venv)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

@@ -203,7 +203,7 @@ def who_wrote(trace, address, size, before, fmt):
 @cli.command()
 @click.argument("trace", type=click.Path(path_type=Path))
 @click.option("--range", "span", required=True, metavar="START:END",
-              help="Positions START (inclusive) to END (exclusive); a side may be empty (1000:), END may be +N, "
+              help="Positions START (inclusive) to END (exclusive); a side may be empty (1000:), START may be -N (the last N), END may be +N, "
                    "or a symbol/address meaning its first execution (main:).")
 @click.option("--tid", type=int, help="Follow one thread only.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,

@@ -39,6 +39,7 @@ class Packet:
     exec_first: int
     cur_done: bool
     cur_progress: int
+    cur_accessed: int
     exec: np.ndarray        # uint32 block ids
     mem_addr: np.ndarray    # uint64 (on-disk transforms undone)
     mem_value: np.ndarray   # uint64
@@ -153,6 +154,7 @@ def decode_packet(buf, view: PacketView, chunk: str = "?", with_mem: bool = True
         exec_first=int(h["exec_first"]),
         cur_done=bool(h["cur_done"]),
         cur_progress=int(h["cur_progress"]),
+        cur_accessed=int(h["cur_accessed"]),
         exec=view.section(buf, F.SEC_EXEC),
         mem_addr=addr,
         mem_value=_decode_values(values, info, chunk),

@@ -97,7 +97,9 @@ PACKET_HEADER_DTYPE = np.dtype(
         ("count", "<u4", (NSECTIONS,)),
         ("cur_done", "<u4"),
         ("cur_progress", "<u4"),
-        ("reserved", "<u8", (2,)),
+        ("cur_accessed", "<u4"),
+        ("reserved0", "<u4"),
+        ("reserved1", "<u8"),
     ],
     align=True,
 )

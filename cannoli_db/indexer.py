@@ -103,7 +103,7 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
         leftover.unlink(missing_ok=True)
     blocks, events = BlockTable(), EventLog()
-    plan = PositionPlan(blocks)
+    plan = PositionPlan(blocks, meta.get("qemu_target") or meta.get("arch") or "x86_64")
     with Progress("indexing", total=2 * len(files), quiet=quiet) as progress:
         used, problem = _pass_a(files, blocks, plan, events, progress, problem)
         total = plan.finish()

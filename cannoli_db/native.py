@@ -123,6 +123,9 @@ def _build(target: Path, command: list[str]) -> Path:
         except OSError as exc:
             raise CannoliError(f"cannot run the C compiler {command[0]}: {exc.strerror}") from None
         if proc.returncode != 0:
+            if "capstone" in proc.stderr:
+                raise CannoliError("the plugin needs capstone's C library to build: apt-get install libcapstone-dev "
+                                   "(or run the README's setup command)")
             first = (proc.stderr.strip().splitlines() or ["(no output)"])[0]
             raise CannoliError(f"building {target.name} failed: {first}")
         os.replace(tmp, target)
@@ -137,9 +140,9 @@ def plugin_path(qemu: Qemu) -> Path:
     api = qemu.plugin_api
     key = _source_hash(f"plugin api={api} qemu={qemu.version}")
     src = Path(str(resources.files("cannoli_db.qemu_patches").joinpath("plugin")))
-    sources = sorted(str(p) for p in src.glob("plugin_*.c"))
+    sources = sorted(str(p) for p in src.glob("plugin_*.c")) + [str(src.parent / "fault_point.c")]
     cmd = [_compiler(), "-O2", "-g", "-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden",
-           "-Wall", f"-DCN_QEMU_PLUGIN_API={api}", *sources, "-lpthread"]
+           "-Wall", f"-DCN_QEMU_PLUGIN_API={api}", *sources, "-lcapstone", "-lpthread"]
     return _build(cache_dir() / f"libcannoli-{key}.so", cmd)
 
 
@@ -147,5 +150,6 @@ def consumer_path() -> Path:
     """Build (once) and return the ring-consumer library the recorder loads with cffi."""
     key = _source_hash("consumer")
     src = Path(str(resources.files("cannoli_db.qemu_patches").joinpath("ring_consumer.c")))
-    cmd = [_compiler(), "-O2", "-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden", str(src)]
+    cmd = [_compiler(), "-O2", "-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden", str(src),
+           str(src.parent / "fault_point.c"), "-lcapstone"]
     return _build(cache_dir() / f"libcannoli-ring-{key}.so", cmd)

@@ -23,6 +23,7 @@ import numpy as np
 
 from . import format as F
 from .decode import Packet
+from .fault_point import died_at
 
 Thread = tuple[int, int]  # (pid, tid)
 NEVER = np.iinfo(np.uint64).max  # the sequence number of a thread's open last segment
@@ -112,8 +113,9 @@ def _block_insns(blocks: np.ndarray, insn_size: np.ndarray):
 
 
 class PositionPlan:
-    def __init__(self, blocks: BlockTable):
+    def __init__(self, blocks: BlockTable, arch: str = "x86_64"):
         self.blocks = blocks
+        self.arch = arch
         self.pieces: dict[Thread, list[Piece]] = defaultdict(list)
         self.segment_ends: dict[Thread, list[tuple[int, int]]] = defaultdict(list)
         self.overrides: dict[tuple[Thread, int], int] = {}  # (thread, ordinal) -> instructions that ran
@@ -139,7 +141,7 @@ class PositionPlan:
             self.overrides[(thread, int(ev["ordinal"]))] = -int(ev["v"][1])  # twin id, resolved in finish()
         tail = self._tail.get(thread)
         if tail is None or p.packet_seq > tail[0]:
-            self._tail[thread] = (p.packet_seq, p.cur_done, p.cur_progress)
+            self._tail[thread] = (p.packet_seq, p.cur_done, p.cur_accessed)
         if not len(p.exec):
             return
         last = self._last_exec.get(thread)
@@ -201,12 +203,12 @@ class PositionPlan:
             ran = int(self.blocks.lookup(np.array([twin]))[0])
             full = int(self.blocks.lookup(np.array([self.blocks.base_id[twin] if twin < len(self.blocks.base_id) else 0]))[0])
             resolved[(thread, ordinal)] = (ran, full)
-        for thread, (_, done, progress) in self._tail.items():
+        for thread, (_, done, accessed) in self._tail.items():
             last = self._last_exec.get(thread)
             if last is None or done:
                 continue
             full = int(self.blocks.lookup(np.array([last[2]]))[0])
-            resolved[(thread, last[1])] = (min(progress + 1, full), full)
+            resolved[(thread, last[1])] = (died_at(self.blocks.rows, self.arch, last[2], accessed, full), full)
         self.overrides = {}
         for key, (ran, full) in resolved.items():
             piece = self.piece_of(*key)

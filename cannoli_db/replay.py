@@ -73,13 +73,18 @@ class Step:
 
 def parse_range(trace, text: str) -> tuple[int, int]:
     """START:END (END exclusive); either side may be empty (trace start / end), a
-    position, or an address or symbol, which means its first execution; END may
-    also be +N, N positions after START (cut at the end of the trace)."""
+    position, or an address or symbol, which means its first execution; START may
+    be -N, the last N positions; END may be +N, N positions after START (cut at the
+    end of the trace)."""
     total = int(trace.meta.get("index_instructions") or 0)
     parts = text.split(":")
     if len(parts) != 2:
         raise CannoliError(f"--range {text!r}: write START:END, e.g. 1000:2000, main:, or :500")
-    start = _bound(trace, parts[0], 0)
+    before = parts[0].strip()
+    if before.startswith("-") and before[1:].isdigit():
+        start = max(0, total - int(before[1:]))
+    else:
+        start = _bound(trace, before, 0)
     after = parts[1].strip()
     if after.startswith("+") and after[1:].isdigit():
         end = min(total, start + int(after[1:]))

@@ -18,13 +18,14 @@ import numpy as np
 
 from . import format as F
 from .decode import PacketView
+from .fault_point import died_at
 
 
 @dataclass
 class _ThreadTail:
     last_seq: int = -1
     cur_done: bool = True
-    cur_progress: int = 0
+    cur_accessed: int = 0
     exec_seq: int = -1
     last_exec_id: int = 0
 
@@ -42,6 +43,7 @@ class StreamStats:
     _base: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     _partial_twins: list = field(default_factory=list)
     _tails: dict = field(default_factory=dict)
+    _block_rows: list = field(default_factory=list)  # section copies, for a dying thread's last block
 
     def add(self, buf, view: PacketView) -> None:
         h = view.header
@@ -61,6 +63,8 @@ class StreamStats:
             self._grow(int(ids.max()) + 1)
             self._icount[ids] = blocks["n_insns"]
             self._base[ids] = blocks["base_id"]
+            self._block_rows.append((blocks.copy(), view.section(buf, F.SEC_INSN_SIZE).copy(),
+                                     view.section(buf, F.SEC_INSN_BYTES).copy()))
         partial = events[events["kind"] == F.EV_PARTIAL]
         self._partial_twins.extend(int(x) for x in partial["v"][:, 1])
         last_exec = int(view.section(buf, F.SEC_EXEC)[-1]) if n_exec else None
@@ -76,11 +80,11 @@ class StreamStats:
         seq = int(h["packet_seq"])
         if seq > tail.last_seq:
             tail.last_seq = seq
-            tail.cur_done, tail.cur_progress = bool(h["cur_done"]), int(h["cur_progress"])
+            tail.cur_done, tail.cur_accessed = bool(h["cur_done"]), int(h["cur_accessed"])
         if last_exec is not None and seq > tail.exec_seq:
             tail.exec_seq, tail.last_exec_id = seq, last_exec
 
-    def instructions(self, exec_hist: np.ndarray) -> int:
+    def instructions(self, exec_hist: np.ndarray, arch: str) -> int:
         """Exact executed instructions, given the count of executions per block id."""
         n = len(exec_hist)
         self._grow(n)
@@ -91,5 +95,5 @@ class StreamStats:
         for tail in self._tails.values():
             if not tail.cur_done and tail.exec_seq >= 0 and tail.last_exec_id < len(self._icount):
                 full = int(self._icount[tail.last_exec_id])
-                total -= full - min(tail.cur_progress + 1, full)
+                total -= full - died_at(self._block_rows, arch, tail.last_exec_id, tail.cur_accessed, full)
         return total

@@ -148,7 +148,10 @@ struct cn_packet_header {
     uint32_t cur_done;      /* 1 if the thread's last started block reached its last
                                instruction (or a syscall) when this packet was taken  */
     uint32_t cur_progress;  /* highest instruction index known started in that block  */
-    uint64_t reserved[2];
+    uint32_t cur_accessed;  /* 1 + index of the last instruction of that block that
+                               completed a memory access; 0 if none (fault_point.h)   */
+    uint32_t reserved0;
+    uint64_t reserved1;
 };                          /* 104 bytes */
 
 /* ---- chunk file ------------------------------------------------------------

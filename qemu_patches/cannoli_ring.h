@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include "cannoli_format.h"
 
-#define CN_RING_VERSION 1
+#define CN_RING_VERSION 2
 
 enum cn_lane_state { CN_LANE_FREE = 0, CN_LANE_OWNED = 1, CN_LANE_FULL = 2 };
 

@@ -155,7 +155,10 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *out, siz
     h.packet_seq = lane->packet_seq;
     h.exec_first = lane->exec_first;
     h.cur_done = lane->cur_done;
-    h.cur_progress = lane->cur_progress;
+    /* lane: 1 + last instruction with a completed access (0: none);
+     * packet: index of the last instruction known to have started */
+    h.cur_progress = lane->cur_progress ? lane->cur_progress - 1u : 0u;
+    h.cur_accessed = lane->cur_progress;
     if (!h.cur_done && lane->cur_block && lane->cur_block < r->hits_capacity) {
         /* the block-end counter moved since the block started: its last
          * instruction ran */

@@ -151,9 +151,9 @@ def record(opts: RecordOptions) -> RecordResult:
             error = _drain(ring, proc, writer, stats)
             returncode = proc.wait()
             meta["initial_layout"] = _take_layout(trace_dir)
-            instructions = stats.instructions(ring.exec_hist)
             wall = time.monotonic() - started
             header = ring_header(ring)
+            instructions = stats.instructions(ring.exec_hist, header["target"].decode(errors="replace"))
             if not header["plugin_ready"]:
                 raise CannoliError(
                     f"QEMU exited (status {returncode}) without loading the plugin; its message is above"

@@ -105,6 +105,9 @@ CN_HIDDEN void cn_layout_logged(void);
 
 /* plugin_exec.c */
 CN_HIDDEN void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
+/* the thread is dying of a signal inside its current block (atexit) */
+CN_HIDDEN void cn_resolve_at_exit(struct cn_thread *t);
+
 
 /* plugin_mem.c */
 CN_HIDDEN void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,

@@ -16,9 +16,16 @@
  * an unchanged counter means the last instruction never started, and the
  * previous block is resolved:
  *   - the new pc is the pc of instruction k of the old block -> k ran;
- *   - the new pc is a signal handler's entry -> the instructions up to the
- *     last one known to have started (memory accesses record progress) ran;
+ *   - the new pc is a signal handler's entry (or the thread is dying at
+ *     exit) -> a signal stopped it: the instructions up to the faulting one
+ *     ran, and the faulting one is the first after the last instruction that
+ *     completed a memory access that can fault (../fault_point.c);
  *   - otherwise the last instruction did run: the counter lost an update.
+ *
+ * In the lane, cur_progress is 1 + the index of the last instruction that
+ * completed a memory access (0: none yet; a syscall sets n_insns); the
+ * recorder turns it into the packet's "index of the last instruction known
+ * to have started".
  * The exec entry is then rewritten to a *twin* block: the same pc with only
  * the instructions that ran, so every exec row's block has the exact count.
  *
@@ -38,6 +45,7 @@
 #include <string.h>
 
 #include "plugin.h"
+#include "../fault_point.h"
 
 static pthread_mutex_t twin_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -102,24 +110,24 @@ static uint32_t twin_block_id(struct cn_thread *t, struct cn_tb *d, uint16_t k)
     return id;
 }
 
-static uint16_t executed_insns(const struct cn_tb *d, uint32_t progress, uint64_t next_pc)
+static uint16_t executed_insns(const struct cn_tb *d, uint32_t accessed, uint64_t next_pc, bool dying)
 {
-    for (uint32_t k = progress + 1; k < d->n_insns; k++) {
+    for (uint32_t k = accessed ? accessed : 1; !dying && k < d->n_insns; k++) {
         if (d->insn_pc[k] == next_pc) {
             return (uint16_t)k;
         }
     }
-    if (!cn_may_be_signal_entry(next_pc)) {
+    if (!dying && !cn_may_be_signal_entry(next_pc)) {
         return d->n_insns;
     }
-    return (uint16_t)(progress + 1);
+    return (uint16_t)cn_fault_point(cn_cfg.target, d->pc, d->bytes, d->insn_size, d->n_insns, accessed);
 }
 
 /* The previous block of this thread stopped before its last instruction. */
-static void resolve_interrupted(struct cn_thread *t, uint64_t next_pc)
+static void resolve_interrupted(struct cn_thread *t, uint64_t next_pc, bool dying)
 {
     struct cn_tb *d = (struct cn_tb *)t->cur;
-    uint16_t ran = executed_insns(d, t->lane->cur_progress, next_pc);
+    uint16_t ran = executed_insns(d, t->lane->cur_progress, next_pc, dying);
     uint64_t ordinal = t->exec_ord - 1;
     t->lane->cur_done = 1;
     if (ran >= d->n_insns) {
@@ -164,7 +172,7 @@ static __attribute__((noinline)) void tb_exec_slow(const struct cn_tb *d)
 {
     struct cn_thread *t = cn_thread_self();
     if (prev_block_cut_short(t)) {
-        resolve_interrupted(t, d->pc);
+        resolve_interrupted(t, d->pc, false);
     }
     if (t->exec_ord - t->segment_start >= CN_SEGMENT_BLOCKS) {
         cn_segment_close(t, t->exec_ord);
@@ -195,8 +203,15 @@ static void vcpu_insn_last(unsigned int vcpu_index, void *udata)
 {
     struct cn_thread *t = cn_thread_self();
     (void)vcpu_index;
-    t->lane->cur_progress = (uint32_t)(uintptr_t)udata;
+    t->lane->cur_progress = (uint32_t)(uintptr_t)udata + 1u;
     t->lane->cur_done = 1;
+}
+
+void cn_resolve_at_exit(struct cn_thread *t)
+{
+    if (t->lane && prev_block_cut_short(t)) {
+        resolve_interrupted(t, 0, true);
+    }
 }
 
 static void learn_guest_base(struct qemu_plugin_insn *insn)

@@ -159,6 +159,7 @@ static void plugin_atexit(qemu_plugin_id_t id, void *udata)
 {
     (void)id, (void)udata;
     if (cn_self.lane) {
+        cn_resolve_at_exit(&cn_self);
         cn_thread_exit(&cn_self);
     }
 }

@@ -48,7 +48,7 @@ void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vadd
     t->mem_addr[n] = vaddr;
     t->mem_value[n] = read_guest(vaddr, shift);
     t->mem_info[n] = word;
-    lane->cur_progress = ((uint32_t)(uintptr_t)udata >> CN_MEMINFO_INSN_SHIFT);
+    lane->cur_progress = ((uint32_t)(uintptr_t)udata >> CN_MEMINFO_INSN_SHIFT) + 1u;
     /* the three mem sections share one count: MEM_ADDR's */
     cn_count_set(lane, CN_SEC_MEM_ADDR, n + 1);
 }
