@@ -102,6 +102,8 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
     tmp = trace_dir / f".{DB_NAME}.tmp"
     for leftover in (tmp, tmp.with_name(tmp.name + ".wal")):
         leftover.unlink(missing_ok=True)
+    _remove_stale_chunk_temps(trace_dir, meta)
+    meta = _recover_layout(trace_dir, meta)
     blocks, events = BlockTable(), EventLog()
     plan = PositionPlan(blocks, meta.get("qemu_target") or meta.get("arch") or "x86_64")
     with Progress("indexing", total=2 * len(files), quiet=quiet) as progress:
@@ -130,8 +132,54 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
         finally:
             con.close()
     os.replace(tmp, trace_dir / DB_NAME)
+    why = problem or recording_problem(meta)
     return IndexResult(trace_dir / DB_NAME, used.chunks, total, loaded.exec_rows, loaded.mem_rows,
-                       time.monotonic() - started, complete, problem)
+                       time.monotonic() - started, complete, why)
+
+
+def recording_problem(meta: dict) -> str | None:
+    """Why meta.json says the recording is not complete, in words (None if it is)."""
+    if meta.get("complete"):
+        return None
+    if meta.get("interrupted"):
+        return "the recording was interrupted"
+    return meta.get("incomplete_reason") or meta.get("error") or "the recording did not finish"
+
+
+def _remove_stale_chunk_temps(trace_dir: Path, meta: dict) -> None:
+    """A recorder killed while writing a chunk leaves its temporary file; it never
+    became a chunk.  Removed unless that recorder is still running."""
+    pid = meta.get("recorder_pid")
+    if isinstance(pid, int) and pid > 0 and meta.get("end_time") is None and _running(pid):
+        return
+    for stale in (trace_dir / tracedir.CHUNKS_NAME).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def _recover_layout(trace_dir: Path, meta: dict) -> dict:
+    """A recorder that died before finishing leaves QEMU's layout log unread: read it now."""
+    from .recorder import layout_log
+
+    log = trace_dir / layout_log.LOG_NAME
+    if not log.exists() or (meta.get("end_time") is None and _running(meta.get("recorder_pid") or -1)):
+        return meta
+    if "initial_layout" not in meta:
+        meta = {**meta, "initial_layout": layout_log.parse(log)}
+        tracedir.write_meta(trace_dir, meta)
+    log.unlink(missing_ok=True)
+    return meta
+
+
+def _running(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _sequence_gap(files: list[Path]) -> str | None:

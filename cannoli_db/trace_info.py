@@ -7,14 +7,14 @@ import json
 from pathlib import Path
 
 from . import tracedir
-from .indexer import DB_NAME, open_index
+from .indexer import DB_NAME, open_index, recording_problem
 
 
 def describe(trace: Path) -> list[tuple[str, object]]:
     meta = tracedir.read_meta(trace)
     counts = meta.get("counts", {})
     state = "complete" if meta.get("complete") else (
-        "interrupted" if meta.get("interrupted") else "INCOMPLETE: " + str(meta.get("error") or "recording did not finish"))
+        "interrupted" if meta.get("interrupted") else "INCOMPLETE: " + recording_problem(meta))
     facts = [
         ("program", " ".join(meta.get("argv", []))),
         ("arch", meta.get("arch")),

@@ -127,6 +127,7 @@ def _initial_meta(opts: RecordOptions, guest, qemu: native.Qemu) -> dict:
         "record_mem": opts.record_mem,
         "qemu_options": opts.qemu_options,
         "start_time": _now(),
+        "recorder_pid": os.getpid(),
     }
 
 
@@ -234,8 +235,13 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
             writer: ChunkWriter, header: dict, interrupted: bool) -> RecordResult:
     sig = -returncode if returncode < 0 else None
     status = 128 + sig if sig else returncode
+    # SIGKILL stops QEMU's threads wherever they are, not at an instruction
+    # boundary QEMU chose: their last blocks are cut at unknown points
+    killed = sig == signal.SIGKILL and not interrupted
     meta.update(
-        complete=not interrupted,
+        complete=not interrupted and not killed,
+        incomplete_reason="QEMU was killed with SIGKILL; each thread's last block is cut where the "
+                          "kill found it" if killed else None,
         interrupted=interrupted,
         end_time=_now(),
         wall_time_s=round(wall, 6),
@@ -281,9 +287,12 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
 def summary(result: RecordResult) -> str:
     """The one-paragraph summary `cannoli record` prints on stderr."""
     per_insn = result.bytes_on_disk / result.instructions if result.instructions else 0.0
-    how = f"killed by signal {result.signal}" if result.signal else f"exited with status {result.exit_status}"
+    name = result.meta.get("exit_signal_name") or f"signal {result.signal}"
+    how = f"was killed by {name}" if result.signal else f"exited with status {result.exit_status}"
     if result.interrupted:
         how += " after an interrupt (trace marked interrupted)"
+    elif result.meta.get("incomplete_reason"):
+        how += f" (trace marked incomplete: {result.meta['incomplete_reason']})"
     return (
         f"cannoli: recorded {result.meta['argv'][0]} ({result.meta['arch']}), which {how}: "
         f"{result.instructions:,} guest instructions in {result.blocks_executed:,} executed blocks, "

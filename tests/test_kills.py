@@ -1,0 +1,110 @@
+"""kill -9 at random moments: of the guest's QEMU, of the recorder, of
+`cannoli index`.  Afterwards every chunk that exists decodes, `cannoli index`
+indexes them and marks the trace incomplete, no process is left running, and
+no temporary file survives the next index."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cannoli_db import Trace
+from cannoli_db.decode import decode_chunk_file
+
+from .conftest import GUEST_ENV, read_meta, run_cannoli
+from .test_ring import alive, children_of
+
+ROUNDS = 3
+SEED = int.from_bytes(os.urandom(4), "little")
+rng = random.Random(SEED)
+
+
+def start_recording(guest, trace: Path, seconds: str = "30") -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cannoli_db.cli", "record", "--no-index", "-o", str(trace), str(guest("busy_loop")),
+         seconds],
+        env=GUEST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def running_qemu(recorder: subprocess.Popen) -> int:
+    """QEMU's pid once the recorder started it, after a random further delay."""
+    deadline = time.monotonic() + 60
+    while not children_of(recorder.pid):
+        assert time.monotonic() < deadline, "the recorder never started QEMU"
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.05, 0.6))
+    (qemu,) = children_of(recorder.pid)
+    return qemu
+
+
+def wait_gone(pid: int, what: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        assert time.monotonic() < deadline, f"{what} still running {seconds} s later (seed {SEED})"
+        time.sleep(0.05)
+
+
+def assert_chunks_whole_and_indexable(trace: Path) -> None:
+    chunks = sorted((trace / "chunks").glob("*.zst"))
+    for chunk in chunks:
+        list(decode_chunk_file(chunk))  # raises on a partial or damaged chunk
+    proc = run_cannoli("index", trace)
+    assert proc.returncode == 0, f"seed {SEED}: {proc.stderr}"
+    assert "INCOMPLETE" in proc.stderr
+    assert not list((trace / "chunks").glob(".*")), "a temporary chunk file survived the index"
+    assert sorted(p.name for p in trace.iterdir()) == ["chunks", "meta.json", "trace.duckdb"]
+    with Trace.open(trace) as t:
+        assert t.meta["index_complete"] is False
+        assert t.sql("SELECT count(*) FROM exec").rows[0][0] > 0 or not chunks
+
+
+def test_kill_qemu_at_random_moments(guest, tmp_path):
+    for round_ in range(ROUNDS):
+        trace = tmp_path / f"qemu{round_}.cannoli"
+        recorder = start_recording(guest, trace)
+        qemu = running_qemu(recorder)
+        os.kill(qemu, signal.SIGKILL)
+        _, stderr = recorder.communicate(timeout=120)
+        assert recorder.returncode == 128 + signal.SIGKILL, f"seed {SEED}: {stderr}"
+        assert "Traceback" not in stderr and "SIGKILL" in stderr
+        meta = read_meta(trace)
+        assert meta["complete"] is False and "SIGKILL" in meta["incomplete_reason"]
+        assert_chunks_whole_and_indexable(trace)
+
+
+def test_kill_recorder_at_random_moments(guest, tmp_path):
+    for round_ in range(ROUNDS):
+        trace = tmp_path / f"rec{round_}.cannoli"
+        recorder = start_recording(guest, trace)
+        qemu = running_qemu(recorder)
+        recorder.send_signal(signal.SIGKILL)
+        recorder.wait()
+        wait_gone(qemu, "QEMU, after its recorder was killed,")
+        assert read_meta(trace)["complete"] is False
+        assert_chunks_whole_and_indexable(trace)
+
+
+def test_kill_index_at_random_moments(guest, tmp_path):
+    trace = tmp_path / "idx.cannoli"
+    assert run_cannoli("record", "--no-index", "-o", trace, guest("busy_loop"), "0.4").returncode == 0
+    assert run_cannoli("index", trace).returncode == 0
+    with Trace.open(trace) as t:
+        reference = t.sql("SELECT count(*), sum(idx), sum(icount) FROM exec").rows
+    for _ in range(ROUNDS):
+        child = subprocess.Popen([sys.executable, "-m", "cannoli_db.cli", "index", str(trace)],
+                                 env=GUEST_ENV, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.2, 2.5))
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        # the old index stays whole until a new one replaces it in one rename
+        with Trace.open(trace) as t:
+            assert t.sql("SELECT count(*), sum(idx), sum(icount) FROM exec").rows == reference, f"seed {SEED}"
+    assert run_cannoli("index", trace).returncode == 0
+    assert sorted(p.name for p in trace.iterdir()) == ["chunks", "meta.json", "trace.duckdb"]
+    with Trace.open(trace) as t:
+        assert t.sql("SELECT count(*), sum(idx), sum(icount) FROM exec").rows == reference
