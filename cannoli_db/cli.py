@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+import duckdb
 
 from . import __version__
 from .output import output_options, write_rows
@@ -25,6 +26,15 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CannoliError as exc:
             raise click.ClickException(str(exc)) from None
+        except duckdb.Error as exc:
+            # damage DuckDB finds only while reading (a checksum, a short file)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise click.ClickException(f"a trace database is damaged ({first}); "
+                                       f"rebuild it with: cannoli index TRACE") from None
+        except KeyboardInterrupt:
+            # a half-built index is a hidden temporary file, removed by the next `cannoli index`
+            click.echo("cannoli: interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -26,7 +26,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from . import address_space, schema, syscall_tables, tracedir
+from . import address_space, guest_binary, schema, syscall_tables, tracedir
 from . import format as F
 from .decode import ChunkError, Packet, chunk_files, decode_chunk_file
 from .errors import CannoliError
@@ -93,7 +93,7 @@ class IndexResult:
 
 def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> IndexResult:
     trace_dir = Path(trace_dir)
-    meta = tracedir.read_meta(trace_dir)
+    meta = _meta_or_stand_in(trace_dir)
     started = time.monotonic()
     files = chunk_files(trace_dir)
     problem = _sequence_gap(files)
@@ -108,6 +108,8 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
     plan = PositionPlan(blocks, meta.get("qemu_target") or meta.get("arch") or "x86_64")
     with Progress("indexing", total=2 * len(files), quiet=quiet) as progress:
         used, problem = _pass_a(files, blocks, plan, events, progress, problem)
+        if "arch" not in meta:
+            meta["arch"] = plan.arch = _arch_from_process(events)
         total = plan.finish()
         con = duckdb.connect(str(tmp), config={"memory_limit": DUCKDB_MEMORY_LIMIT})
         try:
@@ -144,6 +146,27 @@ def recording_problem(meta: dict) -> str | None:
     if meta.get("interrupted"):
         return "the recording was interrupted"
     return meta.get("incomplete_reason") or meta.get("error") or "the recording did not finish"
+
+
+def _meta_or_stand_in(trace_dir: Path) -> dict:
+    """meta.json, or, when it is damaged, what the chunks alone can tell."""
+    try:
+        return tracedir.read_meta(trace_dir)
+    except tracedir.MetaDamaged as exc:
+        return {"format_version": F.FORMAT_VERSION, "complete": False,
+                "error": f"{exc}; indexed from the chunks alone"}
+
+
+def _arch_from_process(events: EventLog) -> str:
+    """The guest architecture from the program that the PROCESS event names."""
+    ev = events.table()
+    for e in ev[ev["kind"] == F.EV_PROCESS]:
+        path = events.blobs.get((int(e["pid"]), int(e["tid"]), int(e["packet_seq"]), int(e["i"])), b"")
+        try:
+            return guest_binary.inspect(path.decode(errors="surrogateescape")).arch
+        except (CannoliError, OSError):
+            continue
+    return "x86_64"
 
 
 def _remove_stale_chunk_temps(trace_dir: Path, meta: dict) -> None:

@@ -128,9 +128,15 @@ class Trace:
             cursor = self._con.execute(query, params) if params is not None else self._con.execute(query)
             rows = cursor.fetchall()
         except duckdb.Error as exc:
-            raise CannoliError(_explain(exc)) from None
+            raise CannoliError(self._explain(exc)) from None
         columns = [d[0] for d in cursor.description] if cursor.description else []
         return Rows(columns, rows)
+
+    def _explain(self, exc: duckdb.Error) -> str:
+        if isinstance(exc, duckdb.IOException) or "Corrupt" in str(exc):
+            return (f"{self.path / DB_NAME} is damaged ({_first_line(exc)}); "
+                    f"rebuild it with: cannoli index {self.path}")
+        return _explain(exc)
 
     def query(self, name: str, **params) -> Rows:
         """Run a named query (see `cannoli query --list`); parameters as text or numbers."""

@@ -11,7 +11,13 @@ from .indexer import DB_NAME, open_index, recording_problem
 
 
 def describe(trace: Path) -> list[tuple[str, object]]:
-    meta = tracedir.read_meta(trace)
+    try:
+        meta = tracedir.read_meta(trace)
+    except tracedir.MetaDamaged:
+        if not (Path(trace) / DB_NAME).exists():
+            raise
+        with open_index(trace) as con:  # the index kept what it knew
+            meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
     counts = meta.get("counts", {})
     state = "complete" if meta.get("complete") else (
         "interrupted" if meta.get("interrupted") else "INCOMPLETE: " + recording_problem(meta))

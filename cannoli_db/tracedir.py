@@ -51,6 +51,10 @@ def write_meta(path: Path, meta: dict) -> None:
     os.rename(tmp, path / META_NAME)
 
 
+class MetaDamaged(CannoliError):
+    """meta.json exists but cannot be read as one."""
+
+
 def read_meta(path: Path) -> dict:
     """meta.json of a trace, checked; a CannoliError names what is wrong."""
     meta_path = Path(path) / META_NAME
@@ -63,9 +67,9 @@ def read_meta(path: Path) -> dict:
     except FileNotFoundError:
         raise CannoliError(f"{path}: not a Cannoli DB trace (no {META_NAME})") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise CannoliError(f"{meta_path}: damaged ({exc}); the chunks may still be indexable") from None
+        raise MetaDamaged(f"{meta_path}: damaged ({exc}); `cannoli index` can still index the chunks") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
-        raise CannoliError(f"{meta_path}: damaged (no format_version)")
+        raise MetaDamaged(f"{meta_path}: damaged (no format_version); `cannoli index` can still index the chunks")
     if meta["format_version"] != F.FORMAT_VERSION:
         raise CannoliError(
             f"{path}: trace format version {meta['format_version']}, this Cannoli DB reads {F.FORMAT_VERSION}"

@@ -108,3 +108,21 @@ def test_kill_index_at_random_moments(guest, tmp_path):
     assert sorted(p.name for p in trace.iterdir()) == ["chunks", "meta.json", "trace.duckdb"]
     with Trace.open(trace) as t:
         assert t.sql("SELECT count(*), sum(idx), sum(icount) FROM exec").rows == reference
+
+
+def test_ctrl_c_stops_the_guest_and_keeps_an_indexed_interrupted_trace(guest, tmp_path):
+    trace = tmp_path / "int.cannoli"
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "cannoli_db.cli", "record", "-o", str(trace), str(guest("busy_loop")), "30"],
+        env=GUEST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    running_qemu(recorder)
+    os.killpg(recorder.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    _, stderr = recorder.communicate(timeout=300)
+    assert recorder.returncode == 128 + signal.SIGINT, stderr
+    assert "Traceback" not in stderr and "interrupted" in stderr and "indexed" in stderr
+    meta = read_meta(trace)
+    assert meta["interrupted"] is True and meta["complete"] is False
+    with Trace.open(trace) as t:
+        assert t.meta["interrupted"] is True and t.sql("SELECT count(*) FROM exec").rows[0][0] > 0
+    info = run_cannoli("info", trace)
+    assert "interrupted" in info.stdout
