@@ -227,6 +227,8 @@ class PositionPlan:
         bounds = np.concatenate([[0], self._split_points(p), [len(p.exec)]])
         for k in range(len(bounds) - 1):
             a, b = int(bounds[k]), int(bounds[k + 1])
+            if a == b:
+                continue  # a segment boundary with no exec of this packet on one side
             piece = self._by_start[p.thread][p.exec_first + a]
             run = counts[a:b]
             idx[a:b] = piece.first_idx + np.cumsum(run) - run

@@ -28,6 +28,9 @@ class _ThreadTail:
     cur_accessed: int = 0
     exec_seq: int = -1
     last_exec_id: int = 0
+    open_syscall: int | None = None     # number of a syscall entered and not returned from
+    open_syscall_path: str | None = None
+    open_seq: int = -1
 
 
 @dataclass
@@ -69,6 +72,7 @@ class StreamStats:
         self._partial_twins.extend(int(x) for x in partial["v"][:, 1])
         last_exec = int(view.section(buf, F.SEC_EXEC)[-1]) if n_exec else None
         self._note_tail(thread, h, last_exec)
+        self._note_syscalls(thread, int(h["packet_seq"]), events, view.section(buf, F.SEC_BLOB))
 
     def _grow(self, n: int) -> None:
         if n > len(self._icount):
@@ -83,6 +87,29 @@ class StreamStats:
             tail.cur_done, tail.cur_accessed = bool(h["cur_done"]), int(h["cur_accessed"])
         if last_exec is not None and seq > tail.exec_seq:
             tail.exec_seq, tail.last_exec_id = seq, last_exec
+
+    def _note_syscalls(self, thread, seq: int, events: np.ndarray, blob: np.ndarray) -> None:
+        tail = self._tails[thread]
+        if seq < tail.open_seq:
+            return  # an older packet of the thread, drained late
+        calls = events[np.isin(events["kind"], (F.EV_SYSCALL, F.EV_SYSRET, F.EV_BLOB))]
+        for ev in calls:
+            tail.open_seq = seq
+            if ev["kind"] == F.EV_SYSCALL:
+                tail.open_syscall, tail.open_syscall_path = int(np.int64(ev["v"][0])), None
+            elif ev["kind"] == F.EV_SYSRET:
+                tail.open_syscall = None
+            elif tail.open_syscall is not None and tail.open_syscall_path is None:
+                off, length = int(ev["v"][1]), int(ev["v"][2])
+                if off + length <= len(blob):
+                    tail.open_syscall_path = bytes(blob[off: off + length]).decode(errors="backslashreplace")
+
+    def left_by_exec(self, exec_numbers: set[int]) -> list[dict]:
+        """Threads whose last act was an exec that never returned: the process went
+        on as another program, which QEMU user mode does not run."""
+        return [{"pid": pid, "tid": tid, "path": tail.open_syscall_path}
+                for (pid, tid), tail in sorted(self._tails.items())
+                if tail.open_syscall in exec_numbers]
 
     def instructions(self, exec_hist: np.ndarray, arch: str) -> int:
         """Exact executed instructions, given the count of executions per block id."""

@@ -31,6 +31,9 @@ def describe(trace: Path) -> list[tuple[str, object]]:
         ("started", meta.get("start_time")),
         ("wall time s", meta.get("wall_time_s")),
     ]
+    for left in meta.get("left_by_exec") or []:
+        facts.append(("not followed", f"process {left['pid']} called exec({left['path'] or '?'}); "
+                                      f"QEMU user mode does not record what it ran after that"))
     facts += [(name.replace("_", " "), counts[name]) for name in
               ("instructions", "blocks_executed", "mem_events", "syscalls", "threads", "processes", "chunks",
                "bytes_on_disk")

@@ -114,11 +114,15 @@ class ChunkWriter:
         data = header.tobytes() + payload
         final = self.dir / chunk_name(seq)
         tmp = self.dir / f".{final.name}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, final)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, final)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # never leave a partial chunk, even on a full disk
+            raise
         return len(data), raw_size, buf
 
 

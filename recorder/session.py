@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cannoli_db import __version__, guest_binary, native, tracedir
+from cannoli_db import __version__, guest_binary, native, syscall_tables, tracedir
 from cannoli_db import format as F
 from cannoli_db.decode import view_packet
 from cannoli_db.errors import CannoliError
@@ -238,7 +238,10 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
     # SIGKILL stops QEMU's threads wherever they are, not at an instruction
     # boundary QEMU chose: their last blocks are cut at unknown points
     killed = sig == signal.SIGKILL and not interrupted
+    arch = header["target"].decode(errors="replace")
+    execs = {nr for nr, name in syscall_tables.names(arch).items() if name in ("execve", "execveat")}
     meta.update(
+        left_by_exec=stats.left_by_exec(execs),
         complete=not interrupted and not killed,
         incomplete_reason="QEMU was killed with SIGKILL; each thread's last block is cut where the "
                           "kill found it" if killed else None,
@@ -293,6 +296,9 @@ def summary(result: RecordResult) -> str:
         how += " after an interrupt (trace marked interrupted)"
     elif result.meta.get("incomplete_reason"):
         how += f" (trace marked incomplete: {result.meta['incomplete_reason']})"
+    for left in result.meta.get("left_by_exec") or []:
+        how += (f"; process {left['pid']} called exec({left['path'] or '?'}), and what it ran from there on "
+                f"is not recorded (QEMU user mode does not follow exec)")
     return (
         f"cannoli: recorded {result.meta['argv'][0]} ({result.meta['arch']}), which {how}: "
         f"{result.instructions:,} guest instructions in {result.blocks_executed:,} executed blocks, "

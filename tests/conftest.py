@@ -90,6 +90,11 @@ class InsnCounter:
         assert out.exists(), "the independent counter wrote nothing"
         return int(out.read_text())
 
+    @staticmethod
+    def read_children(out: Path) -> dict[int, int]:
+        """{pid: count} of the forked children of the run that wrote `out`."""
+        return {int(p.suffix[1:]): int(p.read_text()) for p in out.parent.glob(out.name + ".*")}
+
     def count_alone(self, program: Path, *args: str) -> int:
         """Count a separate plain-QEMU run (for single-threaded, deterministic guests)."""
         _, out = self.options()

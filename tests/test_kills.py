@@ -42,6 +42,18 @@ def running_qemu(recorder: subprocess.Popen) -> int:
     return qemu
 
 
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line contains text (QEMU's names the trace dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes() and alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def wait_gone(pid: int, what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while alive(pid):
@@ -58,6 +70,7 @@ def assert_chunks_whole_and_indexable(trace: Path) -> None:
     assert "INCOMPLETE" in proc.stderr
     assert not list((trace / "chunks").glob(".*")), "a temporary chunk file survived the index"
     assert sorted(p.name for p in trace.iterdir()) == ["chunks", "meta.json", "trace.duckdb"]
+    assert not processes_mentioning(str(trace)), "a process of this recording is still running"
     with Trace.open(trace) as t:
         assert t.meta["index_complete"] is False
         assert t.sql("SELECT count(*) FROM exec").rows[0][0] > 0 or not chunks
@@ -126,3 +139,50 @@ def test_ctrl_c_stops_the_guest_and_keeps_an_indexed_interrupted_trace(guest, tm
         assert t.meta["interrupted"] is True and t.sql("SELECT count(*) FROM exec").rows[0][0] > 0
     info = run_cannoli("info", trace)
     assert "interrupted" in info.stdout
+
+
+def test_full_disk_stops_the_recording_with_a_clear_error(guest, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    assert mounted.returncode == 0, f"this test mounts a small tmpfs as root: {mounted.stderr}"
+    try:
+        trace = small / "t.cannoli"
+        proc = run_cannoli("record", "--no-index", "-o", trace, guest("busy_loop"), "60", timeout=300)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "No space left on device" in proc.stderr and "chunks written so far" in proc.stderr
+        assert not list((trace / "chunks").glob(".*")), "a partial chunk was left behind"
+        chunks = sorted((trace / "chunks").glob("*.zst"))
+        assert chunks
+        for chunk in chunks:
+            list(decode_chunk_file(chunk))
+        assert not processes_mentioning(str(trace)), "QEMU is still running"
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def test_long_recording_keeps_the_recorders_memory_flat(guest, tmp_path):
+    trace = tmp_path / "long.cannoli"
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "cannoli_db.cli", "record", "--no-index", "--no-mem", "-o", str(trace),
+         str(guest("busy_loop")), "60"],
+        env=GUEST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    samples = {}
+    started = time.monotonic()
+    while recorder.poll() is None:
+        samples[time.monotonic() - started] = rss_kib(recorder.pid)
+        time.sleep(1)
+    assert recorder.returncode == 0, recorder.stderr.read()
+    early = max(v for t, v in samples.items() if 10 <= t < 20)
+    late = max(v for t, v in samples.items() if t >= 40)
+    # the recorder handles packets in fixed buffers: 40 s more recording may not cost 16 MiB more
+    assert late - early < 16 * 1024, f"recorder RSS grew from {early} KiB to {late} KiB"
+    assert read_meta(trace)["counts"]["instructions"] > 0

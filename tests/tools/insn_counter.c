@@ -5,13 +5,16 @@
  * execution callback that atomically bumps one counter, so it counts exactly
  * the instructions QEMU started, whatever a block's shape.  Slow, and exact.
  * Usage: qemu-x86_64 -plugin ./insn_counter.so,out=FILE ./app
- * At exit it writes the count (decimal) to FILE.
+ * At exit it writes the count (decimal) to FILE.  A forked child starts its
+ * own count at 0 and writes it to FILE.<pid>.
  */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef uint64_t qemu_plugin_id_t;
 typedef struct { const char *target_name; struct { int min; int cur; } version; bool system_emulation;
@@ -43,6 +46,13 @@ static void on_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     }
 }
 
+static void in_forked_child(void)
+{
+    __atomic_store_n(&count, 0, __ATOMIC_RELAXED);
+    size_t len = strlen(out_path);
+    snprintf(out_path + len, sizeof(out_path) - len, ".%d", (int)getpid());
+}
+
 static void on_exit(qemu_plugin_id_t id, void *udata)
 {
     (void)id, (void)udata;
@@ -64,5 +74,6 @@ __attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t 
     snprintf(out_path, sizeof(out_path), "%s", argv[0] + 4);
     qemu_plugin_register_vcpu_tb_trans_cb(id, on_trans);
     qemu_plugin_register_atexit_cb(id, on_exit, NULL);
+    pthread_atfork(NULL, NULL, in_forked_child);
     return 0;
 }
