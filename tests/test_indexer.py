@@ -192,7 +192,7 @@ def test_damaged_chunk_is_named_and_earlier_chunks_are_indexed(guest, tmp_path):
 
 def test_killed_index_leaves_no_database(guest, tmp_path):
     trace = tmp_path / "kill.cannoli"
-    assert run_cannoli("record", "--no-index", "-o", trace, guest("busy_loop"), "3").returncode == 0
+    assert run_cannoli("record", "--no-index", "-o", trace, guest("busy_loop"), "0.8").returncode == 0
     for delay in (0.3, 0.8):
         child = subprocess.Popen([sys.executable, "-m", "cannoli_db.cli", "index", str(trace)],
                                  env=GUEST_ENV, stderr=subprocess.DEVNULL)
