@@ -98,6 +98,8 @@ def elf_symbols(path: str):
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
+            # an ARM FUNC symbol's bit 0 marks Thumb code; the code starts at the even address
+            thumb_bit = 1 if elf["e_machine"] == "EM_ARM" else 0
             for name in (".symtab", ".dynsym"):
                 section = elf.get_section_by_name(name)
                 if section is None:
@@ -105,8 +107,9 @@ def elf_symbols(path: str):
                 for sym in section.iter_symbols():
                     kind = sym["st_info"]["type"]
                     if kind in ("STT_FUNC", "STT_OBJECT") and sym["st_value"] and sym.name:
-                        out[(sym.name, sym["st_value"])] = (sym.name, sym["st_value"], sym["st_size"],
-                                                            "FUNC" if kind == "STT_FUNC" else "OBJECT")
+                        value = sym["st_value"] & ~thumb_bit if kind == "STT_FUNC" else sym["st_value"]
+                        out[(sym.name, value)] = (sym.name, value, sym["st_size"],
+                                                  "FUNC" if kind == "STT_FUNC" else "OBJECT")
     except (OSError, ELFError, ValueError):
         return []
     return list(out.values())

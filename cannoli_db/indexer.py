@@ -385,7 +385,8 @@ def syscall_position(plan: PositionPlan, pid: int, tid: int, ordinal: int) -> in
 
 
 def _load_syscalls(con, plan, ev: np.ndarray, events: EventLog, meta: dict) -> int:
-    names = syscall_tables.names(meta.get("arch", ""))
+    arch = meta.get("arch", "")
+    names = syscall_tables.names(arch)
     calls = ev[ev["kind"] == F.EV_SYSCALL]
     # the return of a call is the thread's next SYSRET event after it
     ret_of = {}
@@ -404,8 +405,9 @@ def _load_syscalls(con, plan, ev: np.ndarray, events: EventLog, meta: dict) -> i
         if idx is None:
             continue
         nr = int(np.int64(e["v"][0]))
-        rows.append((idx, int(e["tid"]), int(e["pid"]), nr, names.get(nr), *[int(x) for x in e["v"][1:7]],
-                     ret_of.get((int(e["packet_seq"]), int(e["i"]))), int(e["seq"])))
+        args = [syscall_tables.word(arch, int(x)) for x in e["v"][1:7]]
+        ret = syscall_tables.result(arch, ret_of.get((int(e["packet_seq"]), int(e["i"]))))
+        rows.append((idx, int(e["tid"]), int(e["pid"]), nr, names.get(nr), *args, ret, int(e["seq"])))
     if rows:
         con.executemany(f"INSERT INTO syscalls VALUES ({', '.join('?' * 13)})", rows)
     strings = []

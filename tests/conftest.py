@@ -68,6 +68,33 @@ def guest(build_dir):
     return build
 
 
+# QEMU target -> Debian cross toolchain triple (setup.sh installs the compilers)
+CROSS = {"aarch64": "aarch64-linux-gnu", "riscv64": "riscv64-linux-gnu", "arm": "arm-linux-gnueabihf",
+         "mipsel": "mipsel-linux-gnu"}
+
+
+@pytest.fixture(scope="session")
+def cross_guest(build_dir):
+    """cross_guest(arch, name, static=True) -> tests/guests/<name>.c built for a foreign arch."""
+    built: dict[tuple, Path] = {}
+
+    def build(arch: str, name: str, static: bool = True) -> Path:
+        key = (arch, name, static)
+        if key not in built:
+            compiler = f"{CROSS[arch]}-gcc"
+            if not shutil.which(compiler):
+                pytest.fail(f"{compiler} is missing: run the README's setup command")
+            out = build_dir / f"{name}-{arch}{'' if static else '-dynamic'}"
+            cmd = [compiler, "-O1", "-g", "-pthread", "-o", str(out), str(GUESTS / f"{name}.c")]
+            if static:
+                cmd.insert(1, "-static")
+            subprocess.run(cmd, check=True)
+            built[key] = out
+        return built[key]
+
+    return build
+
+
 class InsnCounter:
     """tests/tools/insn_counter.c: one atomic add per executed instruction, no
     code shared with the Cannoli DB plugin.  Loaded into the same QEMU as the
@@ -241,8 +268,10 @@ def recorded(guest, insn_counter: InsnCounter, tmp_path_factory):
 def function_containing(program, pc: int) -> str | None:
     """The FUNC symbol of the ELF file whose [st_value, st_value + st_size) holds pc."""
     with open(program, "rb") as f:
-        for sym in ELFFile(f).get_section_by_name(".symtab").iter_symbols():
-            if (sym["st_info"]["type"] == "STT_FUNC" and sym["st_size"]
-                    and sym["st_value"] <= pc < sym["st_value"] + sym["st_size"]):
+        elf = ELFFile(f)
+        thumb_bit = 1 if elf["e_machine"] == "EM_ARM" else 0  # bit 0 of an ARM FUNC marks Thumb
+        for sym in elf.get_section_by_name(".symtab").iter_symbols():
+            start = sym["st_value"] & ~thumb_bit
+            if sym["st_info"]["type"] == "STT_FUNC" and sym["st_size"] and start <= pc < start + sym["st_size"]:
                 return sym.name
     return None

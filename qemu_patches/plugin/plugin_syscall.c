@@ -30,29 +30,6 @@ struct path_args {
     int8_t arg[2]; /* -1: none */
 };
 
-static const struct path_args x86_64_paths[] = {
-    { 2, { 0, -1 } },   /* open */          { 4, { 0, -1 } },   /* stat */
-    { 6, { 0, -1 } },   /* lstat */         { 21, { 0, -1 } },  /* access */
-    { 59, { 0, -1 } },  /* execve */        { 76, { 0, -1 } },  /* truncate */
-    { 80, { 0, -1 } },  /* chdir */         { 82, { 0, 1 } },   /* rename */
-    { 83, { 0, -1 } },  /* mkdir */         { 84, { 0, -1 } },  /* rmdir */
-    { 85, { 0, -1 } },  /* creat */         { 86, { 0, 1 } },   /* link */
-    { 87, { 0, -1 } },  /* unlink */        { 88, { 0, 1 } },   /* symlink */
-    { 89, { 0, -1 } },  /* readlink */      { 90, { 0, -1 } },  /* chmod */
-    { 92, { 0, -1 } },  /* chown */         { 94, { 0, -1 } },  /* lchown */
-    { 133, { 0, -1 } }, /* mknod */         { 137, { 0, -1 } }, /* statfs */
-    { 161, { 0, -1 } }, /* chroot */        { 254, { 1, -1 } }, /* inotify_add_watch */
-    { 257, { 1, -1 } }, /* openat */        { 258, { 1, -1 } }, /* mkdirat */
-    { 260, { 1, -1 } }, /* fchownat */      { 262, { 1, -1 } }, /* newfstatat */
-    { 263, { 1, -1 } }, /* unlinkat */      { 264, { 1, 3 } },  /* renameat */
-    { 265, { 1, 3 } },  /* linkat */        { 266, { 0, 2 } },  /* symlinkat */
-    { 267, { 1, -1 } }, /* readlinkat */    { 268, { 1, -1 } }, /* fchmodat */
-    { 269, { 1, -1 } }, /* faccessat */     { 280, { 1, -1 } }, /* utimensat */
-    { 316, { 1, 3 } },  /* renameat2 */     { 319, { 0, -1 } }, /* memfd_create */
-    { 322, { 1, -1 } }, /* execveat */      { 332, { 1, -1 } }, /* statx */
-    { 437, { 1, -1 } }, /* openat2 */       { 439, { 1, -1 } }, /* faccessat2 */
-};
-
 /* Where a target's rt_sigaction finds the handler in its struct sigaction. */
 struct sigaction_abi {
     int nr;
@@ -60,11 +37,19 @@ struct sigaction_abi {
     unsigned handler_size;   /* bytes: the guest's pointer size         */
 };
 
-static const struct sigaction_abi x86_64_sigaction = { 13, 0, 8 };
+struct target_tables {
+    const char *target;
+    const struct path_args *paths;
+    size_t n_paths;
+    const struct sigaction_abi *sigaction;
+};
+
+#include "syscall_tables.h"
 
 static const struct path_args *paths;
 static size_t n_paths;
 static const struct sigaction_abi *sigaction_abi;
+static uint64_t pointer_mask = ~0ull; /* a 32-bit guest's registers arrive sign-extended */
 
 /* Every handler address ever installed (never removed: a handler may be
  * entered for a signal that was pending when it was replaced). */
@@ -76,12 +61,16 @@ static pthread_mutex_t handlers_lock = PTHREAD_MUTEX_INITIALIZER;
 
 bool cn_syscall_table_select(const char *target)
 {
-    if (strcmp(target, "x86_64") == 0) {
-        paths = x86_64_paths;
-        n_paths = sizeof(x86_64_paths) / sizeof(x86_64_paths[0]);
-        sigaction_abi = &x86_64_sigaction;
-        handlers_unknown = false;
-        return true;
+    for (size_t i = 0; i < sizeof(target_tables) / sizeof(target_tables[0]); i++) {
+        const struct target_tables *t = &target_tables[i];
+        if (strcmp(target, t->target) == 0) {
+            paths = t->paths;
+            n_paths = t->n_paths;
+            sigaction_abi = t->sigaction;
+            pointer_mask = t->sigaction->handler_size == 4 ? 0xffffffffull : ~0ull;
+            handlers_unknown = false;
+            return true;
+        }
     }
     return false; /* syscalls are still recorded; path strings are not */
 }
@@ -110,7 +99,8 @@ static bool read_guest_bytes(uint64_t addr, void *dest, size_t len)
 
 static void note_signal_handler(uint64_t act)
 {
-    uint64_t handler = 0;
+    uint64_t handler = 0; /* little-endian hosts and guests: a 4-byte read fills the low half */
+    act &= pointer_mask;
     if (!act || !read_guest_bytes(act + sigaction_abi->handler_offset, &handler,
                                   sigaction_abi->handler_size)) {
         return; /* no new action, or the kernel will refuse it too */
@@ -222,7 +212,7 @@ void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uin
     const struct path_args *p = path_args_of(num);
     for (int i = 0; p && i < 2; i++) {
         if (p->arg[i] >= 0) {
-            record_string(t, num, p->arg[i], args[p->arg[i]]);
+            record_string(t, num, p->arg[i], args[p->arg[i]] & pointer_mask);
         }
     }
 }
