@@ -133,6 +133,7 @@ def _initial_meta(opts: RecordOptions, guest, qemu: native.Qemu) -> dict:
 
 def record(opts: RecordOptions) -> RecordResult:
     guest = guest_binary.inspect(opts.program)
+    _check_interpreter(guest, opts.sysroot)
     qemu = native.find_qemu(guest.arch, opts.qemu)
     plugin = native.plugin_path(qemu)
     ring = Ring(opts.n_lanes)
@@ -171,6 +172,22 @@ def record(opts: RecordOptions) -> RecordResult:
         tracedir.write_meta(trace_dir, meta)
         raise CannoliError(f"recording stopped: {error}; the chunks written so far in {trace_dir} are valid")
     return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0)
+
+
+def _check_interpreter(guest: guest_binary.GuestBinary, sysroot: str | None) -> None:
+    """A dynamically linked program needs its loader where QEMU will look: in -L
+    SYSROOT, or on the host.  Say so before QEMU fails with less to go on."""
+    interp = guest.interpreter
+    if not interp:
+        return
+    if sysroot and not os.path.isdir(sysroot):
+        raise CannoliError(f"-L {sysroot}: no such directory")
+    candidates = ([os.path.join(sysroot, interp.lstrip("/"))] if sysroot else []) + [interp]
+    if not any(os.path.exists(c) for c in candidates):
+        triple = {"aarch64": "aarch64-linux-gnu", "riscv64": "riscv64-linux-gnu", "arm": "arm-linux-gnueabihf",
+                  "mipsel": "mipsel-linux-gnu"}.get(guest.arch, "<triple>")
+        raise CannoliError(f"{guest.path} is dynamically linked for {guest.arch} and its loader {interp} was not "
+                           f"found; give its libraries with -L SYSROOT (on Debian: -L /usr/{triple})")
 
 
 def _take_layout(trace_dir: Path) -> dict | None:

@@ -135,3 +135,12 @@ def test_dynamic_foreign_binary_with_sysroot(recorded_cross):
         kinds = dict(t.sql("SELECT kind, count(*) FROM modules GROUP BY kind").rows)
         libc = t.sql("SELECT count(*) FROM symbols WHERE module LIKE '%libc.so%' AND name = 'write'").rows[0][0]
     assert kinds.get("interpreter") == 1 and kinds.get("library", 0) >= 1 and libc >= 1
+
+
+def test_dynamic_foreign_binary_without_sysroot_says_to_give_one(cross_guest, tmp_path):
+    program = cross_guest("aarch64", "known_stores", static=False)
+    proc = run_cannoli("record", "-o", tmp_path / "t.cannoli", program)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
+    assert "-L /usr/aarch64-linux-gnu" in proc.stderr and not (tmp_path / "t.cannoli").exists()
+    proc = run_cannoli("record", "-L", tmp_path / "nowhere", "-o", tmp_path / "t.cannoli", program)
+    assert proc.returncode == 1 and "no such directory" in proc.stderr
