@@ -57,15 +57,18 @@ def guest(build_dir):
     def build(name: str, static: bool = True) -> Path:
         key = (name, static)
         if key not in built:
-            out = build_dir / (name if static else f"{name}-dynamic")
-            cmd = ["cc", "-O1", "-g", "-pthread", "-o", str(out), str(GUESTS / f"{name}.c")]
-            if static:
-                cmd.insert(1, "-static")
-            subprocess.run(cmd, check=True)
-            built[key] = out
+            built[key] = compile_guest("cc", name, build_dir / (name if static else f"{name}-dynamic"), static)
         return built[key]
 
     return build
+
+
+def compile_guest(compiler: str, name: str, out: Path, static: bool) -> Path:
+    cmd = [compiler, "-O1", "-g", "-pthread", "-o", str(out), str(GUESTS / f"{name}.c")]
+    if static:
+        cmd.insert(1, "-static")
+    subprocess.run(cmd, check=True)
+    return out
 
 
 # QEMU target -> Debian cross toolchain triple (setup.sh installs the compilers)
@@ -85,11 +88,7 @@ def cross_guest(build_dir):
             if not shutil.which(compiler):
                 pytest.fail(f"{compiler} is missing: run the README's setup command")
             out = build_dir / f"{name}-{arch}{'' if static else '-dynamic'}"
-            cmd = [compiler, "-O1", "-g", "-pthread", "-o", str(out), str(GUESTS / f"{name}.c")]
-            if static:
-                cmd.insert(1, "-static")
-            subprocess.run(cmd, check=True)
-            built[key] = out
+            built[key] = compile_guest(compiler, name, out, static)
         return built[key]
 
     return build
