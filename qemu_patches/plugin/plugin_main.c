@@ -46,7 +46,7 @@ void cn_layout_logged(void)
     struct dirent *entry;
     char link[PATH_MAX + 1];
     while (dir && (entry = readdir(dir)) != NULL) {
-        char path[64];
+        char path[sizeof("/proc/self/fd/") + sizeof(entry->d_name)];
         snprintf(path, sizeof(path), "/proc/self/fd/%s", entry->d_name);
         ssize_t n = readlink(path, link, PATH_MAX);
         if (n <= 0 || (size_t)n != strlen(layout_log) || memcmp(link, layout_log, (size_t)n) != 0) {
