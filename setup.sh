@@ -2,14 +2,15 @@
 # Set up Cannoli DB on a fresh Debian/Ubuntu machine and record the bundled
 # example.  Installs only what is missing: system packages with apt-get (QEMU
 # user-mode emulation, a C compiler, libc and capstone headers, Python venv support,
-# cross compilers for the foreign-architecture tests),
+# cross compilers for the foreign-architecture tests, Java for the Spark test),
 # then the Python package into .venv.  Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 APT_PACKAGES=(qemu-user gcc libc6-dev libcapstone-dev python3-venv
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
-    gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-mipsel-linux-gnu libc6-dev-mipsel-cross)
+    gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-mipsel-linux-gnu libc6-dev-mipsel-cross
+    default-jre-headless)
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 

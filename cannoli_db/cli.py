@@ -127,23 +127,62 @@ def _open(trace: Path):
 
 
 @cli.command()
-@click.argument("trace", type=click.Path(path_type=Path))
+@click.argument("trace", required=False)
 @click.argument("query", required=False)
+@click.option("--parquet", "parquet_dir", type=click.Path(path_type=Path), metavar="DIR",
+              help="Query a Parquet export (cannoli export --format parquet) instead of a trace; then give no TRACE.")
 @output_options
-def sql(trace, query, fmt):
+def sql(trace, query, parquet_dir, fmt):
     """Run SQL (from QUERY, or stdin) against a trace's tables.
 
     The trace is opened read-only. Tables and columns: docs/schema.md.
 
     Example: cannoli sql app.cannoli "SELECT name, count(*) FROM syscalls GROUP BY name"
     """
+    if parquet_dir is not None and query is None:
+        trace, query = None, trace
     if query is None:
         if sys.stdin.isatty():
             raise click.UsageError("give the SQL as an argument or on stdin")
         query = sys.stdin.read()
-    with _open(trace) as t:
+    if parquet_dir is not None:
+        from .export import parquet_connection
+        from .trace import Trace
+
+        t = Trace(parquet_dir, parquet_connection(parquet_dir))
+    elif trace is None:
+        raise click.UsageError("give a TRACE (or --parquet DIR)")
+    else:
+        t = _open(Path(trace))
+    with t:
         rows = t.sql(query)
     write_rows(rows.columns, rows.rows, fmt)
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["parquet", "drcov", "tenet"]), required=True,
+              help="parquet: every table (a folder); drcov: coverage for Lighthouse/Cartographer; "
+                   "tenet: one thread's instructions and memory for Tenet.")
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Where to write.")
+@click.option("--tid", type=int, help="tenet: the thread to export (default: the first).")
+def export(trace, fmt, out, tid):
+    """Export a trace for other tools: Parquet, drcov coverage, or a Tenet trace.
+
+    Example: cannoli export app.cannoli --format parquet -o app-parquet/
+    """
+    from . import export as exporter
+
+    if fmt == "parquet":
+        rows = exporter.export_parquet(trace, out)
+        summary = f"{len(rows)} tables, {sum(rows.values()):,} rows"
+    elif fmt == "drcov":
+        modules, blocks = exporter.export_drcov(trace, out)
+        summary = f"{modules} modules, {blocks:,} blocks"
+    else:
+        with _open(trace) as t:
+            summary = f"{exporter.export_tenet(t, out, tid):,} instructions"
+    click.echo(f"cannoli: exported {trace} as {fmt} to {out}: {summary}", err=True)
 
 
 def _parse_params(pairs) -> dict[str, str]:

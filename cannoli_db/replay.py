@@ -139,19 +139,30 @@ def _steps(trace, disasm: Disassembler, start: int, end: int, tid: int | None) -
         yield from _window(trace, disasm, lo, min(end, lo + WINDOW), tid)
 
 
-def _window(trace, disasm: Disassembler, lo: int, hi: int, tid: int | None) -> Iterator[Step]:
-    params = {"lo": lo, "hi": hi, "tid": tid}
-    insns = trace.sql(f"""
+def window_insns(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
+    """(idx, tid, pc, block_id, n) of each instruction at positions [lo, hi), in order."""
+    return trace.sql(f"""
         SELECT e.idx + bi.n AS idx, e.tid, bi.pc, e.block_id, bi.n
         FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
         WHERE e.idx >= greatest($lo::UBIGINT, {MAX_BLOCK_INSNS}) - {MAX_BLOCK_INSNS} AND e.idx < $hi
           AND e.idx + bi.n >= $lo AND e.idx + bi.n < $hi AND ($tid IS NULL OR e.tid = $tid)
-        ORDER BY idx""", params).rows
+        ORDER BY idx""", {"lo": lo, "hi": hi, "tid": tid}).rows
+
+
+def window_mem(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
+    """(idx, addr, size, is_write, value) of each access at positions [lo, hi), in order."""
+    return trace.sql("""
+        SELECT idx, addr, size, is_write, value FROM mem
+        WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid) ORDER BY idx""",
+        {"lo": lo, "hi": hi, "tid": tid}).rows
+
+
+def _window(trace, disasm: Disassembler, lo: int, hi: int, tid: int | None) -> Iterator[Step]:
+    params = {"lo": lo, "hi": hi, "tid": tid}
+    insns = window_insns(trace, lo, hi, tid)
     if not insns:
         return
-    mem = _by_idx(trace.sql("""
-        SELECT idx, addr, size, is_write, value FROM mem
-        WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid) ORDER BY idx""", params).rows)
+    mem = _by_idx(window_mem(trace, lo, hi, tid))
     calls = {r[0]: Syscall(r[1], r[2], tuple(r[3:9]), r[9]) for r in trace.sql("""
         SELECT idx, nr, name, arg0, arg1, arg2, arg3, arg4, arg5, ret FROM syscalls
         WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid)""", params).rows}
