@@ -38,7 +38,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from .disasm import Disassembler
+from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
 
 COLUMNS = {
@@ -86,11 +86,7 @@ class Chunk:
         if _DISASM is None:
             _DISASM = Disassembler(self._arch)
         ids = sorted({int(b) for b in block_ids})
-        rows = self._con.execute("""
-            SELECT b.block_id, b.pc, b.bytes, list(bi.size ORDER BY bi.n)
-            FROM blocks b JOIN block_insns bi USING (block_id)
-            WHERE b.block_id IN (SELECT unnest($ids::UINTEGER[]))
-            GROUP BY ALL""", {"ids": ids}).fetchall()
+        rows = self._con.execute(BLOCK_CODE_SQL, {"ids": ids}).fetchall()
         return {bid: _DISASM.block(bid, pc, code, sizes) for bid, pc, code, sizes in rows}
 
 

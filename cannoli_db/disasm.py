@@ -28,6 +28,14 @@ _MODES = {
 }
 
 
+# (block_id, pc, bytes, [instruction sizes]) of the blocks whose ids are in $ids
+BLOCK_CODE_SQL = """
+    SELECT b.block_id, b.pc, b.bytes, list(bi.size ORDER BY bi.n)
+    FROM blocks b JOIN block_insns bi USING (block_id)
+    WHERE b.block_id IN (SELECT unnest($ids::UINTEGER[]))
+    GROUP BY b.block_id, b.pc, b.bytes"""
+
+
 class Disassembler:
     def __init__(self, arch: str):
         cs_arch, mode = _MODES.get(arch, (None, 0))

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .disasm import Disassembler
+from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
 
 WINDOW = 1 << 16
@@ -183,11 +183,7 @@ def _by_idx(rows) -> dict[int, tuple[Access, ...]]:
 
 
 def _block_texts(trace, disasm: Disassembler, block_ids: set[int]):
-    rows = trace.sql("""
-        SELECT b.block_id, b.pc, b.bytes, list(bi.size ORDER BY bi.n)
-        FROM blocks b JOIN block_insns bi USING (block_id)
-        WHERE b.block_id IN (SELECT unnest($ids::UINTEGER[]))
-        GROUP BY b.block_id, b.pc, b.bytes""", {"ids": sorted(block_ids)}).rows
+    rows = trace.sql(BLOCK_CODE_SQL, {"ids": sorted(block_ids)}).rows
     texts, codes = {}, {}
     for block_id, pc, code, sizes in rows:
         texts[block_id] = disasm.block(block_id, pc, code, sizes)
