@@ -435,15 +435,3 @@ def _load_meta(con, meta: dict, **index_facts) -> None:
         regs_unavailable=REGS_UNAVAILABLE.format(api=meta.get("plugin_api"), qemu=meta.get("qemu_version")),
     )
     con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in sorted(entries.items())])
-
-
-def open_index(trace_dir: Path) -> duckdb.DuckDBPyConnection:
-    """The trace's database, read-only; a CannoliError if it is missing."""
-    path = Path(trace_dir) / DB_NAME
-    if not path.exists():
-        tracedir.read_meta(trace_dir)
-        raise CannoliError(f"{trace_dir} has no index yet; build it with: cannoli index {trace_dir}")
-    try:
-        return duckdb.connect(str(path), read_only=True)
-    except duckdb.Error as exc:
-        raise CannoliError(f"{path} is damaged ({exc}); rebuild it with: cannoli index {trace_dir}") from None

@@ -3,21 +3,32 @@ when there is one."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from . import tracedir
-from .indexer import DB_NAME, open_index, recording_problem
+from .indexer import DB_NAME, recording_problem
+from .trace import Trace
 
 
 def describe(trace: Path) -> list[tuple[str, object]]:
+    index = Trace.open(trace) if (Path(trace) / DB_NAME).exists() else None
     try:
-        meta = tracedir.read_meta(trace)
+        return _facts(trace, _meta(trace, index), index)
+    finally:
+        if index is not None:
+            index.close()
+
+
+def _meta(trace: Path, index: Trace | None) -> dict:
+    try:
+        return tracedir.read_meta(trace)
     except tracedir.MetaDamaged:
-        if not (Path(trace) / DB_NAME).exists():
+        if index is None:
             raise
-        with open_index(trace) as con:  # the index kept what it knew
-            meta = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
+        return index.meta  # the index kept what it knew
+
+
+def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, object]]:
     counts = meta.get("counts", {})
     state = "complete" if meta.get("complete") else (
         "interrupted" if meta.get("interrupted") else "INCOMPLETE: " + recording_problem(meta))
@@ -40,14 +51,12 @@ def describe(trace: Path) -> list[tuple[str, object]]:
               if name in counts]
     if counts.get("instructions"):
         facts.append(("bytes per instruction", round(counts["bytes_on_disk"] / counts["instructions"], 4)))
-    if (Path(trace) / DB_NAME).exists():
-        with open_index(trace) as con:
-            index = {k: json.loads(v) for k, v in con.execute("SELECT key, value FROM meta").fetchall()}
-            facts.append(("index", "complete" if index.get("index_complete") else
-                          f"INCOMPLETE: {index.get('index_problem') or 'the recording did not finish'}"))
-            for table in ("exec", "mem", "syscalls", "mmaps", "modules", "symbols", "regs"):
-                facts.append((f"rows in {table}", con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]))
-            facts.append(("registers", index.get("regs_unavailable")))
+    if index is not None:
+        facts.append(("index", "complete" if index.meta.get("index_complete") else
+                      f"INCOMPLETE: {index.meta.get('index_problem') or 'the recording did not finish'}"))
+        for table in ("exec", "mem", "syscalls", "mmaps", "modules", "symbols", "regs"):
+            facts.append((f"rows in {table}", index.sql(f"SELECT count(*) FROM {table}").rows[0][0]))
+        facts.append(("registers", index.meta.get("regs_unavailable")))
     else:
         facts.append(("index", f"none; build it with: cannoli index {trace}"))
     return facts
