@@ -172,8 +172,7 @@ def _arch_from_process(events: EventLog) -> str:
 def _remove_stale_chunk_temps(trace_dir: Path, meta: dict) -> None:
     """A recorder killed while writing a chunk leaves its temporary file; it never
     became a chunk.  Removed unless that recorder is still running."""
-    pid = meta.get("recorder_pid")
-    if isinstance(pid, int) and pid > 0 and meta.get("end_time") is None and _running(pid):
+    if _recorder_alive(meta):
         return
     for stale in (trace_dir / tracedir.CHUNKS_NAME).glob(".*.tmp"):
         stale.unlink(missing_ok=True)
@@ -184,7 +183,7 @@ def _recover_layout(trace_dir: Path, meta: dict) -> dict:
     from .recorder import layout_log
 
     log = trace_dir / layout_log.LOG_NAME
-    if not log.exists() or (meta.get("end_time") is None and _running(meta.get("recorder_pid") or -1)):
+    if not log.exists() or _recorder_alive(meta):
         return meta
     if "initial_layout" not in meta:
         meta = {**meta, "initial_layout": layout_log.parse(log)}
@@ -193,9 +192,13 @@ def _recover_layout(trace_dir: Path, meta: dict) -> dict:
     return meta
 
 
+def _recorder_alive(meta: dict) -> bool:
+    """The recording that meta.json describes is still being written."""
+    pid = meta.get("recorder_pid")
+    return meta.get("end_time") is None and isinstance(pid, int) and pid > 0 and _running(pid)
+
+
 def _running(pid: int) -> bool:
-    if pid <= 0:
-        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -431,7 +434,6 @@ def _load_meta(con, meta: dict, **index_facts) -> None:
     entries.update(
         index_facts,
         schema_version=schema.SCHEMA_VERSION,
-        mem_max_size=con.execute("SELECT coalesce(max(size), 1) FROM mem").fetchone()[0],
         regs_unavailable=REGS_UNAVAILABLE.format(api=meta.get("plugin_api"), qemu=meta.get("qemu_version")),
     )
     con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in sorted(entries.items())])
