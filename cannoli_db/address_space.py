@@ -144,7 +144,7 @@ def _initial_layout(b: _Builder, meta: dict, ev: np.ndarray, blobs: dict) -> Non
         exe = read_elf(program)
         if exe is None:
             continue
-        start_code, first_pc = int(e["v"][0]), int(e["v"][4])
+        start_code, first_pc = int(e["v"][0]) or _logged_start_code(meta), int(e["v"][4])
         b.place(pid, exe, start_code - exe.code_start, "executable", program)
         if exe.interp:
             interp = read_elf(b.host_path(exe.interp))
@@ -152,6 +152,13 @@ def _initial_layout(b: _Builder, meta: dict, ev: np.ndarray, blobs: dict) -> Non
                 b.place(pid, interp, first_pc - interp.entry, "interpreter", exe.interp)
     if len(processes) and isinstance(meta.get("initial_layout"), dict):
         _qemu_regions(b, int(processes[0]["pid"]), meta["initial_layout"])
+
+
+def _logged_start_code(meta: dict) -> int:
+    """start_code from QEMU's page log, for QEMUs whose plugin API cannot say (10.0)."""
+    layout = meta.get("initial_layout")
+    value = layout.get("start_code") if isinstance(layout, dict) else None
+    return value if isinstance(value, int) else 0
 
 
 def _qemu_regions(b: _Builder, pid: int, layout: dict) -> None:

@@ -51,16 +51,24 @@ def cli():
               help="Trace directory to create (default: PROGRAM.cannoli in the current directory).")
 @click.option("--no-mem", is_flag=True, help="Do not record memory accesses (blocks, syscalls, threads only).")
 @click.option("--no-index", is_flag=True, help="Do not build trace.duckdb after recording.")
-@click.option("--qemu", "qemu_path", metavar="PATH", help="The qemu-<arch> binary to run (default: from PATH).")
+@click.option("--qemu", "qemu_path", metavar="PATH",
+              help='The qemu-<arch> binary to run, a directory holding it, or "built" (the QEMU 10 that '
+                   "`cannoli setup-qemu` built). Default: the settings file's qemu, else PATH.")
+@click.option("--regs/--no-regs", "record_regs", default=None,
+              help="Record registers at block entry (default: wherever the QEMU can, i.e. QEMU >= 9.0).")
+@click.option("--regs-check", is_flag=True,
+              help="Diagnostic: read every register at every block (slow) and count, in meta.json's regs_missed, "
+                   "the changes that reading only the registers a block writes would have missed.")
 @click.option("-L", "--sysroot", metavar="DIR", help="Sysroot for a dynamically linked foreign-architecture program.")
 @click.option("--force", is_flag=True, help="Replace an existing trace directory.")
 @click.option("--qemu-option", "qemu_options", multiple=True, metavar="ARG",
               help="Extra QEMU argument, placed before the program (repeatable), e.g. --qemu-option=-cpu --qemu-option=max.")
 @click.option("--ring-lanes", type=click.IntRange(1, 1024), default=32, show_default=True,
-              help="Per-thread buffers in the shared ring (about 2.6 MiB each); raise for programs with many threads.")
+              help="Per-thread buffers in the shared ring (about 3.3 MiB each); raise for programs with many threads.")
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def record(out_dir, no_mem, no_index, qemu_path, sysroot, force, qemu_options, ring_lanes, program, args):
+def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroot, force, qemu_options, ring_lanes,
+           program, args):
     """Run PROGRAM under QEMU and record everything it does.
 
     Options go before PROGRAM; everything after PROGRAM is passed to it unchanged.
@@ -71,7 +79,8 @@ def record(out_dir, no_mem, no_index, qemu_path, sysroot, force, qemu_options, r
     from .recorder import RecordOptions, record as do_record, summary
 
     opts = RecordOptions(program=program, args=list(args), out_dir=out_dir, record_mem=not no_mem,
-                         qemu=qemu_path, sysroot=sysroot, force=force, n_lanes=ring_lanes,
+                         record_regs=record_regs, regs_check=regs_check, qemu=qemu_path, sysroot=sysroot,
+                         force=force, n_lanes=ring_lanes,
                          qemu_options=list(qemu_options))
     result = do_record(opts)
     click.echo(summary(result), err=True)
@@ -304,6 +313,29 @@ def memory(trace, address, length, at, fmt):
         click.echo(json.dumps({"addr": image.addr, "at": image.at, "bytes": list(image.values)}))
     else:
         click.echo(hexdump(image.addr, image.values))
+
+
+@cli.command("setup-qemu")
+@click.option("--targets", default="x86_64,aarch64", show_default=True, metavar="LIST",
+              help="Comma-separated QEMU linux-user targets to build.")
+@click.option("-j", "--jobs", type=click.IntRange(1), metavar="N", help="Parallel compile jobs (default: the CPU count).")
+@click.option("--force", is_flag=True, help="Rebuild even if the cache holds this build.")
+def setup_qemu(targets, jobs, force):
+    """Build QEMU 10 (Debian 13 source + qemu_patches/) once; print its bin directory.
+
+    The first build takes a few minutes; later calls check Debian's version (~1 s)
+    and reuse the cache (docs/qemu10.md).
+
+    Example: cannoli record --qemu "$(cannoli setup-qemu)/qemu-x86_64" ./app
+    """
+    import os
+
+    from .recorder import qemu_build
+
+    wanted = qemu_build.parse_targets(targets)
+    result = qemu_build.build(wanted, jobs=jobs or os.cpu_count() or 1, force=force)
+    click.echo(qemu_build.summary(result), err=True)
+    click.echo(result.bin_dir)
 
 
 def main() -> None:

@@ -49,6 +49,8 @@ class Packet:
     insn_size: np.ndarray   # uint8
     insn_bytes: np.ndarray  # uint8
     blob: np.ndarray        # uint8
+    reg_value: np.ndarray   # uint64 (format 2; empty in format 1)
+    reg_info: np.ndarray    # uint32
 
     @property
     def thread(self) -> tuple[int, int]:
@@ -70,7 +72,7 @@ class PacketView:
         return np.frombuffer(buf, dtype, _section_bytes(s, self.counts[s]) // dtype.itemsize, self.offsets[s])
 
 
-_TRANSFORMED = (F.SEC_MEM_ADDR, F.SEC_MEM_VALUE, F.SEC_MEM_INFO)
+_TRANSFORMED = (F.SEC_MEM_ADDR, F.SEC_MEM_VALUE, F.SEC_MEM_INFO, F.SEC_REG_VALUE, F.SEC_REG_INFO)
 
 
 def _section_bytes(s: int, count: int) -> int:
@@ -84,15 +86,23 @@ def _section_limit(s: int) -> int:
 
 def view_packet(buf, pos: int, chunk: str = "?") -> PacketView:
     """Check the header at `pos` and locate the sections; nothing is decoded."""
-    hsize = F.PACKET_HEADER_DTYPE.itemsize
+    if len(buf) - pos < 12:
+        raise ChunkError(chunk, f"truncated packet header at byte {pos}")
+    magic, version = bytes(buf[pos : pos + 8]), int.from_bytes(buf[pos + 8 : pos + 10], "little")
+    if magic != F.PACKET_MAGIC:
+        raise ChunkError(chunk, f"bad packet magic at byte {pos}")
+    dtype = F.PACKET_HEADER_DTYPES.get(version)
+    if dtype is None:
+        raise ChunkError(chunk, f"packet format version {version}; this Cannoli DB reads versions "
+                                f"{', '.join(map(str, F.READABLE_VERSIONS))}")
+    hsize = dtype.itemsize
     if len(buf) - pos < hsize:
         raise ChunkError(chunk, f"truncated packet header at byte {pos}")
-    h = np.frombuffer(buf, F.PACKET_HEADER_DTYPE, 1, pos)[0]
-    if bytes(h["magic"]) != F.PACKET_MAGIC:
-        raise ChunkError(chunk, f"bad packet magic at byte {pos}")
-    if int(h["version"]) != F.FORMAT_VERSION or int(h["header_size"]) != hsize:
-        raise ChunkError(chunk, f"packet format version {int(h['version'])}, expected {F.FORMAT_VERSION}")
-    counts = [int(c) for c in h["count"]]
+    h = np.frombuffer(buf, dtype, 1, pos)[0]
+    if int(h["header_size"]) != hsize:
+        raise ChunkError(chunk, f"packet header size {int(h['header_size'])}, version {version} has {hsize}")
+    # a version-1 packet is a version-2 one without registers
+    counts = [int(c) for c in h["count"]] + [0] * (F.NSECTIONS - len(h["count"]))
     offsets = []
     pos += hsize
     for s, count in enumerate(counts):
@@ -105,6 +115,8 @@ def view_packet(buf, pos: int, chunk: str = "?") -> PacketView:
         pos += nbytes
     if counts[F.SEC_MEM_ADDR] != counts[F.SEC_MEM_INFO]:
         raise ChunkError(chunk, "memory sections disagree on their length")
+    if counts[F.SEC_REG_VALUE] != counts[F.SEC_REG_INFO]:
+        raise ChunkError(chunk, "register sections disagree on their length")
     return PacketView(h, counts, offsets, pos)
 
 
@@ -140,11 +152,32 @@ def _decode_values(raw: np.ndarray, info: np.ndarray, chunk: str) -> np.ndarray:
     return values
 
 
+def _decode_registers(view: PacketView, buf, chunk: str) -> tuple[np.ndarray, np.ndarray]:
+    """REG_INFO and REG_VALUE with their on-disk transforms undone: each value is
+    the running sum of its register's deltas in the packet."""
+    n = view.counts[F.SEC_REG_INFO]
+    info = np.cumsum(_unplane(view.section(buf, F.SEC_REG_INFO), n, "<u4"), dtype=np.uint32)
+    deltas = _unplane(view.section(buf, F.SEC_REG_VALUE), n, "<u8")
+    number = info & F.REGINFO_NUMBER_MASK
+    if np.any(number >= F.MAX_REGS):
+        raise ChunkError(chunk, f"register number beyond {F.MAX_REGS - 1}")
+    order = np.argsort(number, kind="stable")
+    running = np.cumsum(deltas[order], dtype=np.uint64)
+    sorted_number = number[order]
+    first = np.flatnonzero(np.r_[True, sorted_number[1:] != sorted_number[:-1]])  # each register's first
+    # (uint64 throughout: mixing in a Python int would go through float64 and lose bits)
+    before = np.concatenate([np.zeros(1, np.uint64), running[first[1:] - 1]])
+    values = np.empty(n, np.uint64)
+    values[order] = running - np.repeat(before, np.diff(np.append(first, n)))
+    return info, values
+
+
 def decode_packet(buf, view: PacketView, chunk: str = "?", with_mem: bool = True) -> Packet:
     n_mem = view.counts[F.SEC_MEM_ADDR] if with_mem else 0
     addr = np.cumsum(_unplane(view.section(buf, F.SEC_MEM_ADDR)[: 8 * n_mem], n_mem, "<u8"), dtype=np.uint64)
     info = np.cumsum(_unplane(view.section(buf, F.SEC_MEM_INFO)[: 4 * n_mem], n_mem, "<u4"), dtype=np.uint32)
     values = view.section(buf, F.SEC_MEM_VALUE) if with_mem else np.zeros(0, np.uint8)
+    reg_info, reg_value = _decode_registers(view, buf, chunk)
     h = view.header
     return Packet(
         flags=int(h["flags"]),
@@ -164,6 +197,8 @@ def decode_packet(buf, view: PacketView, chunk: str = "?", with_mem: bool = True
         insn_size=view.section(buf, F.SEC_INSN_SIZE),
         insn_bytes=view.section(buf, F.SEC_INSN_BYTES),
         blob=view.section(buf, F.SEC_BLOB),
+        reg_value=reg_value,
+        reg_info=reg_info,
     )
 
 
@@ -181,8 +216,9 @@ def read_chunk_header(data: bytes, chunk: str) -> np.void:
     h = np.frombuffer(data, F.CHUNK_HEADER_DTYPE, 1)[0]
     if bytes(h["magic"]) != F.CHUNK_MAGIC:
         raise ChunkError(chunk, "not a Cannoli DB chunk (bad magic)")
-    if int(h["version"]) != F.FORMAT_VERSION:
-        raise ChunkError(chunk, f"format version {int(h['version'])}; this Cannoli DB reads version {F.FORMAT_VERSION}")
+    if int(h["version"]) not in F.READABLE_VERSIONS:
+        raise ChunkError(chunk, f"format version {int(h['version'])}; this Cannoli DB reads versions "
+                                f"{', '.join(map(str, F.READABLE_VERSIONS))}")
     if int(h["header_size"]) != hsize:
         raise ChunkError(chunk, "header size does not match the format version")
     check = bytearray(data[:hsize])

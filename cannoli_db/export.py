@@ -10,9 +10,12 @@ execution as a Tenet trace.
 * **drcov** -- version 2 with a module table and one 8-byte entry per distinct
   executed block (offset from its module, size, module id), as Lighthouse and
   Cartographer read it.
-* **tenet** -- one line per instruction of one thread: the pc register and the
-  memory it read and wrote (`rip=0x401000,mr=0x7ffc1000:0a00,mw=...`).  QEMU's
-  plugin API 1 gives no other registers, so no other register appears.
+* **tenet** -- one line per instruction of one thread: the pc register, the
+  other registers where they changed, and the memory it read and wrote
+  (`rax=0x1,rip=0x401000,mr=0x7ffc1000:0a00,mw=...`).  Registers come from
+  the `regs` table: recorded at block entry (QEMU >= 9), so a line shows the
+  changes at the first instruction of each block; a trace from QEMU 7.2 has
+  only the pc.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import duckdb
 from . import schema
 from .errors import CannoliError
 from .indexer import DB_NAME, DUCKDB_MEMORY_LIMIT
-from .replay import check_range, window_insns, window_mem
+from .replay import check_range, window_insns, window_mem, window_regs
 
 WINDOW = 1 << 20  # positions per Tenet window
 
@@ -142,7 +145,9 @@ def export_tenet(trace, out: Path, tid: int | None = None) -> int:
                     width = min(size, 8)
                     data = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little").hex()
                     accesses[idx] = accesses.get(idx, "") + f",{'mw' if is_write else 'mr'}={addr:#x}:{data}"
-            lines = [f"{register}={pc:#x}{accesses.get(idx, '')}\n"
+            changed = {idx: "".join(f"{name}={value:#x}," for name, value in regs)
+                       for idx, regs in window_regs(trace, lo, hi, tid).items()}
+            lines = [f"{changed.get(idx, '')}{register}={pc:#x}{accesses.get(idx, '')}\n"
                      for idx, _, pc, _, _ in window_insns(trace, lo, hi, tid)]
             f.writelines(lines)
             written += len(lines)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions a reader accepts: 1 lacks the two REG sections (a 9-count header).
+READABLE_VERSIONS = (1, 2)
 
 CHUNK_MAGIC = b"CNDBCHNK"
 PACKET_MAGIC = b"CNDBPAKT"
@@ -18,7 +20,9 @@ RING_MAGIC = b"CNDBRING"
 # Sections of a packet, in on-disk order.
 SEC_EXEC, SEC_MEM_ADDR, SEC_MEM_VALUE, SEC_MEM_INFO, SEC_EVENT = 0, 1, 2, 3, 4
 SEC_BLOCK, SEC_INSN_SIZE, SEC_INSN_BYTES, SEC_BLOB = 5, 6, 7, 8
-NSECTIONS = 9
+SEC_REG_VALUE, SEC_REG_INFO = 9, 10
+NSECTIONS = 11
+NSECTIONS_V1 = 9
 
 CAP_EXEC = 65536
 CAP_MEM = 65536
@@ -27,6 +31,7 @@ CAP_BLOCK = 8192
 CAP_INSN_SIZE = 65536
 CAP_INSN_BYTES = 262144
 CAP_BLOB = 262144
+CAP_REG = 65536
 MAX_BLOCK_INSNS = 512
 MAX_BLOB_ITEM = 4096
 MAX_CHUNK_RAW = 256 * 1024 * 1024
@@ -38,6 +43,10 @@ MEMINFO_INSN_SHIFT = 5
 MEMINFO_INSN_MASK = 0x1FF
 MEMINFO_LINK_SHIFT = 14
 
+REGINFO_NUMBER_MASK = 0xFF
+REGINFO_LINK_SHIFT = 8
+MAX_REGS = 64
+
 EV_THREAD_START = 1
 EV_THREAD_EXIT = 2
 EV_SYSCALL = 3
@@ -46,6 +55,7 @@ EV_SEGMENT = 5
 EV_PARTIAL = 6
 EV_BLOB = 7
 EV_PROCESS = 8
+EV_REG_NAME = 9
 
 BLOB_STRING = 1
 BLOB_TRUNCATED = 2
@@ -84,25 +94,31 @@ BLOCK_DTYPE = np.dtype(
     align=True,
 )
 
-PACKET_HEADER_DTYPE = np.dtype(
-    [
-        ("magic", "S8"),
-        ("version", "<u2"),
-        ("header_size", "<u2"),
-        ("flags", "<u4"),
-        ("pid", "<u4"),
-        ("tid", "<u4"),
-        ("packet_seq", "<u8"),
-        ("exec_first", "<u8"),
-        ("count", "<u4", (NSECTIONS,)),
-        ("cur_done", "<u4"),
-        ("cur_progress", "<u4"),
-        ("cur_accessed", "<u4"),
-        ("reserved0", "<u4"),
-        ("reserved1", "<u8"),
-    ],
-    align=True,
-)
+def _packet_header_dtype(nsections: int) -> np.dtype:
+    return np.dtype(
+        [
+            ("magic", "S8"),
+            ("version", "<u2"),
+            ("header_size", "<u2"),
+            ("flags", "<u4"),
+            ("pid", "<u4"),
+            ("tid", "<u4"),
+            ("packet_seq", "<u8"),
+            ("exec_first", "<u8"),
+            ("count", "<u4", (nsections,)),
+            ("cur_done", "<u4"),
+            ("cur_progress", "<u4"),
+            ("cur_accessed", "<u4"),
+            ("reserved0", "<u4"),
+            ("reserved1", "<u8"),
+        ],
+        align=True,
+    )
+
+
+PACKET_HEADER_DTYPE = _packet_header_dtype(NSECTIONS)
+# The packet header of each readable format version.
+PACKET_HEADER_DTYPES = {1: _packet_header_dtype(NSECTIONS_V1), 2: PACKET_HEADER_DTYPE}
 
 CHUNK_HEADER_DTYPE = np.dtype(
     [
@@ -133,6 +149,8 @@ SECTION_DTYPES = (
     np.dtype("u1"),
     np.dtype("u1"),
     np.dtype("u1"),
+    np.dtype("<u8"),
+    np.dtype("<u4"),
 )
 SECTION_CAPACITY = (
     CAP_EXEC,
@@ -144,6 +162,8 @@ SECTION_CAPACITY = (
     CAP_INSN_SIZE,
     CAP_INSN_BYTES,
     CAP_BLOB,
+    CAP_REG,
+    CAP_REG,
 )
 SECTION_NAMES = (
     "exec",
@@ -155,4 +175,6 @@ SECTION_NAMES = (
     "insn_size",
     "insn_bytes",
     "blob",
+    "reg_value",
+    "reg_info",
 )

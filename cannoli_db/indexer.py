@@ -37,10 +37,13 @@ DB_NAME = "trace.duckdb"
 INSERT_BATCH_ROWS = 4_000_000
 DUCKDB_MEMORY_LIMIT = "2GB"  # DuckDB spills beyond this; keeps the index's memory bounded
 
+# For traces whose meta.json predates regs_unavailable (they are all plugin API 1)
 REGS_UNAVAILABLE = (
     "QEMU plugin API {api} (QEMU {qemu}) gives plugins no register access; "
     "registers need plugin API >= 2 (QEMU >= 9.0)"
 )
+# Where an event's blob lies: (offset, length) value indices, by event kind
+_BLOB_FIELDS = {F.EV_BLOB: (1, 2), F.EV_REG_NAME: (1, 2), F.EV_PROCESS: (5, 6)}
 
 
 @dataclass
@@ -54,14 +57,24 @@ class EventLog:
         if not len(p.events):
             return
         self.rows.append((p.pid, p.tid, p.packet_seq, p.events.copy()))
-        with_blob = np.flatnonzero(np.isin(p.events["kind"], (F.EV_BLOB, F.EV_PROCESS)))
+        with_blob = np.flatnonzero(np.isin(p.events["kind"], list(_BLOB_FIELDS)))
         for i in with_blob:
             ev = p.events[i]
-            off, length = (int(ev["v"][1]), int(ev["v"][2])) if ev["kind"] == F.EV_BLOB else (
-                int(ev["v"][5]), int(ev["v"][6]))
+            at, size = _BLOB_FIELDS[int(ev["kind"])]
+            off, length = int(ev["v"][at]), int(ev["v"][size])
             if off + length > len(p.blob):
                 raise ChunkError("?", "event points outside its packet's blob section")
             self.blobs[(p.pid, p.tid, p.packet_seq, int(i))] = bytes(p.blob[off : off + length])
+
+    def register_names(self) -> list[str]:
+        """Register names by number (CN_EV_REG_NAME); unnamed numbers get regN."""
+        named = {}
+        for pid, tid, pseq, events in self.rows:
+            for i in np.flatnonzero(events["kind"] == F.EV_REG_NAME):
+                number = int(events[i]["v"][0])
+                if number < F.MAX_REGS:
+                    named[number] = self.blobs[(pid, tid, pseq, int(i))].decode("ascii", "replace")
+        return [named.get(n, f"reg{n}") for n in range(F.MAX_REGS)]
 
     def table(self) -> np.ndarray:
         """All events as one structured array with pid, tid, packet_seq, index."""
@@ -117,7 +130,7 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
                 con.execute(ddl)
             # exec and mem need no particular physical order (mem_by_addr does): ~25% faster loads
             con.execute("SET preserve_insertion_order = false")
-            loaded = _pass_b(con, files[: used.chunks], plan, blocks, workers, progress)
+            loaded = _pass_b(con, files[: used.chunks], plan, blocks, events.register_names(), workers, progress)
             con.execute("SET preserve_insertion_order = true")
             _load_blocks(con, blocks)
             ev_table = events.table()
@@ -172,7 +185,7 @@ def _arch_from_process(events: EventLog) -> str:
 def _remove_stale_chunk_temps(trace_dir: Path, meta: dict) -> None:
     """A recorder killed while writing a chunk leaves its temporary file; it never
     became a chunk.  Removed unless that recorder is still running."""
-    if _recorder_alive(meta):
+    if tracedir.recorder_alive(meta):
         return
     for stale in (trace_dir / tracedir.CHUNKS_NAME).glob(".*.tmp"):
         stale.unlink(missing_ok=True)
@@ -183,29 +196,13 @@ def _recover_layout(trace_dir: Path, meta: dict) -> dict:
     from .recorder import layout_log
 
     log = trace_dir / layout_log.LOG_NAME
-    if not log.exists() or _recorder_alive(meta):
+    if not log.exists() or tracedir.recorder_alive(meta):
         return meta
     if "initial_layout" not in meta:
         meta = {**meta, "initial_layout": layout_log.parse(log)}
         tracedir.write_meta(trace_dir, meta)
     log.unlink(missing_ok=True)
     return meta
-
-
-def _recorder_alive(meta: dict) -> bool:
-    """The recording that meta.json describes is still being written."""
-    pid = meta.get("recorder_pid")
-    return meta.get("end_time") is None and isinstance(pid, int) and pid > 0 and _running(pid)
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _sequence_gap(files: list[Path]) -> str | None:
@@ -243,39 +240,39 @@ def _pass_a(files, blocks: BlockTable, plan: PositionPlan, events: EventLog, pro
 class _Loaded:
     exec_rows: int = 0
     mem_rows: int = 0
+    reg_rows: int = 0
     unplaced_mem: int = 0  # accesses whose position lies in a chunk that could not be indexed
 
 
-def _pass_b(con, files, plan: PositionPlan, blocks: BlockTable, workers: int, progress) -> _Loaded:
+def _pass_b(con, files, plan: PositionPlan, blocks: BlockTable, reg_names: list[str], workers: int,
+            progress) -> _Loaded:
     insn_start, insn_pc = blocks.insn_pc_table()
     loaded = _Loaded()
 
     def rows_of(path: Path):
-        execs, mems, unplaced = [], [], 0
+        tables, unplaced = [], 0
         for p in decode_chunk_file(path):
-            e, m = _packet_rows(p, plan, blocks, insn_start, insn_pc, path.stem)
-            execs.append(e)
-            mems.append(m)
-            unplaced += len(p.mem_info) - m.num_rows
-        return pa.concat_tables(execs), pa.concat_tables(mems), unplaced
+            tables.append(_packet_rows(p, plan, blocks, insn_start, insn_pc, reg_names, path.stem))
+            unplaced += len(p.mem_info) - tables[-1][1].num_rows
+        return [pa.concat_tables(parts) for parts in zip(*tables)], unplaced
 
     batch: list = []
 
     def flush():
         # DuckDB ingests a few large Arrow tables much faster than many small ones
-        exec_table = pa.concat_tables([e for e, _ in batch])
-        mem_table = pa.concat_tables([m for _, m in batch])
-        con.execute("INSERT INTO exec SELECT * FROM exec_table")
-        con.execute("INSERT INTO mem SELECT * FROM mem_table")
+        for table_name, parts in zip(("exec", "mem", "regs"), zip(*batch)):
+            rows = pa.concat_tables(parts)  # noqa: F841 (read by the SQL below)
+            con.execute(f"INSERT INTO {table_name} SELECT * FROM rows")
         batch.clear()
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for exec_table, mem_table, unplaced in _bounded_map(pool, rows_of, files, window=workers + 1):
-            batch.append((exec_table, mem_table))
-            loaded.exec_rows += exec_table.num_rows
-            loaded.mem_rows += mem_table.num_rows
+        for tables, unplaced in _bounded_map(pool, rows_of, files, window=workers + 1):
+            batch.append(tables)
+            loaded.exec_rows += tables[0].num_rows
+            loaded.mem_rows += tables[1].num_rows
+            loaded.reg_rows += tables[2].num_rows
             loaded.unplaced_mem += unplaced
-            if sum(e.num_rows + m.num_rows for e, m in batch) >= INSERT_BATCH_ROWS:
+            if sum(t.num_rows for tables in batch for t in tables) >= INSERT_BATCH_ROWS:
                 flush()
             progress.advance()
         if batch:
@@ -295,7 +292,31 @@ def _bounded_map(pool, func, items, window: int):
         yield pending.popleft().result()
 
 
-def _packet_rows(p: Packet, plan, blocks, insn_start, insn_pc, chunk: str):
+def _link_bases(p: Packet, plan, idx: np.ndarray, link: np.ndarray, chunk: str, what: str):
+    """Resolve records' exec links (k >= 1 -> exec[k-1]; 0 -> the block running
+    when the packet began): the idx of each record's block start, the block id,
+    and which records can be placed at all."""
+    if np.any(link > len(p.exec)):
+        raise ChunkError(chunk, f"{what} linked to an exec beyond its packet")
+    block = np.where(link > 0, p.exec[np.maximum(link - 1, 0)] if len(p.exec) else 0, 0).astype(np.int64)
+    base = np.zeros(len(link), np.uint64)
+    inside = link > 0
+    base[inside] = idx[link[inside] - 1]
+    keep = np.ones(len(link), bool)
+    if not inside.all():
+        before = plan.position_before(p)
+        piece = plan.piece_of(p.thread, p.exec_first - 1)
+        if before is None or piece is None:
+            # the packet before this one is not indexed (a damaged or missing
+            # chunk): these records cannot be placed; they are counted, not lost silently
+            keep = inside
+        else:
+            base[~inside] = before
+            block[~inside] = piece.last_block
+    return base, block, keep
+
+
+def _packet_rows(p: Packet, plan, blocks, insn_start, insn_pc, reg_names: list[str], chunk: str):
     idx, ran = plan.exec_positions(p)
     tid = np.full(len(p.exec), p.tid, np.uint32)
     exec_table = pa.table({
@@ -303,25 +324,9 @@ def _packet_rows(p: Packet, plan, blocks, insn_start, insn_pc, chunk: str):
         "pc": blocks.pc[p.exec.astype(np.int64)], "icount": ran.astype(np.uint16),
     })
     info = p.mem_info
-    link = (info >> F.MEMINFO_LINK_SHIFT).astype(np.int64)
     insn = ((info >> F.MEMINFO_INSN_SHIFT) & F.MEMINFO_INSN_MASK).astype(np.int64)
-    if np.any(link > len(p.exec)):
-        raise ChunkError(chunk, "memory access linked to an exec beyond its packet")
-    block = np.where(link > 0, p.exec[np.maximum(link - 1, 0)] if len(p.exec) else 0, 0).astype(np.int64)
-    base = np.zeros(len(info), np.uint64)
-    inside = link > 0
-    base[inside] = idx[link[inside] - 1]
-    keep = np.ones(len(info), bool)
-    if not inside.all():
-        before = plan.position_before(p)
-        piece = plan.piece_of(p.thread, p.exec_first - 1)
-        if before is None or piece is None:
-            # the packet before this one is not indexed (a damaged or missing
-            # chunk): these accesses cannot be placed; they are counted, not lost silently
-            keep = inside
-        else:
-            base[~inside] = before
-            block[~inside] = piece.last_block
+    base, block, keep = _link_bases(p, plan, idx, (info >> F.MEMINFO_LINK_SHIFT).astype(np.int64), chunk,
+                                    "memory access")
     if np.any(insn[keep] >= blocks.lookup(block[keep])):
         raise ChunkError(chunk, "memory access names an instruction outside its block")
     mem_table = pa.table({
@@ -330,7 +335,20 @@ def _packet_rows(p: Packet, plan, blocks, insn_start, insn_pc, chunk: str):
         "size": (1 << (info[keep] & F.MEMINFO_SHIFT_MASK)).astype(np.uint8),
         "is_write": (info[keep] & F.MEMINFO_STORE) != 0, "value": p.mem_value[keep],
     })
-    return exec_table, mem_table
+    return exec_table, mem_table, _reg_rows(p, plan, idx, reg_names, chunk)
+
+
+def _reg_rows(p: Packet, plan, idx: np.ndarray, reg_names: list[str], chunk: str) -> pa.Table:
+    """Register changes at block entry: idx is the block's first instruction."""
+    info = p.reg_info
+    base, _, keep = _link_bases(p, plan, idx, (info >> F.REGINFO_LINK_SHIFT).astype(np.int64), chunk,
+                                "register value")
+    number = (info & F.REGINFO_NUMBER_MASK).astype(np.int32)  # < MAX_REGS: decode checked it
+    names = pa.DictionaryArray.from_arrays(pa.array(number[keep]), pa.array(reg_names)).cast(pa.string())
+    return pa.table({
+        "idx": base[keep], "tid": np.full(int(keep.sum()), p.tid, np.uint32),
+        "n": number[keep].astype(np.uint8), "reg": names, "value": p.reg_value[keep],
+    })
 
 
 def _load_mem_by_addr(con) -> float:
@@ -434,6 +452,7 @@ def _load_meta(con, meta: dict, **index_facts) -> None:
     entries.update(
         index_facts,
         schema_version=schema.SCHEMA_VERSION,
-        regs_unavailable=REGS_UNAVAILABLE.format(api=meta.get("plugin_api"), qemu=meta.get("qemu_version")),
+        regs_unavailable=meta["regs_unavailable"] if "regs_unavailable" in meta else REGS_UNAVAILABLE.format(
+            api=meta.get("plugin_api"), qemu=meta.get("qemu_version")),
     )
     con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in sorted(entries.items())])

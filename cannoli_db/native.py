@@ -2,7 +2,9 @@
 the ring-consumer library into a cache keyed by source hash and QEMU version.
 
 QEMU plugin API versions (see qemu_patches/plugin/qemu_plugin_api.h):
-7.2-8.2 -> 1, 9.0 -> 2, 9.1 -> 3, 9.2/10.0 -> 4, 10.1+ -> 5.
+7.2-8.2 -> 1, 9.0 -> 2, 9.1 -> 3, 9.2/10.0 -> 4, 10.1+ -> 5.  The plugin is
+built for min(API, 4): a QEMU loads any plugin between its minimum and current
+API version, and version 5 added nothing the plugin uses.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pathlib import Path
 
 from .errors import CannoliError
 
-SUPPORTED_PLUGIN_APIS = (1,)
+SUPPORTED_PLUGIN_APIS = (1, 2, 3, 4, 5)
+NEWEST_PLUGIN_API_BUILT = 4
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class Qemu:
     @property
     def plugin_api(self) -> int:
         return plugin_api_for(self.version)
+
+    @property
+    def has_registers(self) -> bool:
+        return self.plugin_api >= 2
 
 
 def plugin_api_for(version: tuple[int, int, int]) -> int:
@@ -58,9 +65,12 @@ def cache_dir() -> Path:
 def find_qemu(arch: str, explicit: str | None = None) -> Qemu:
     """The QEMU user-mode emulator for `arch`, or a CannoliError saying how to get one."""
     name = f"qemu-{arch}"
+    if explicit and os.path.isdir(explicit):
+        explicit = os.path.join(explicit, name)  # a directory of qemu-<arch> binaries
     path = explicit or shutil.which(name)
     if explicit and not (os.path.isfile(explicit) and os.access(explicit, os.X_OK)):
-        raise CannoliError(f"--qemu {explicit}: not an executable file; give the path of a qemu-{arch} binary")
+        raise CannoliError(f"--qemu {explicit}: not an executable file; give the path of a {name} binary "
+                           f"or of a directory that holds one")
     if not path:
         raise CannoliError(
             f"{name} not found: install QEMU user-mode emulation (Debian/Ubuntu: apt-get install qemu-user) "
@@ -77,8 +87,8 @@ def find_qemu(arch: str, explicit: str | None = None) -> Qemu:
     qemu = Qemu(path, version, out.stdout.splitlines()[0].strip())
     if qemu.plugin_api not in SUPPORTED_PLUGIN_APIS:
         raise CannoliError(
-            f"{path} is QEMU {'.'.join(map(str, version))} (plugin API {qemu.plugin_api}); "
-            f"this Cannoli DB supports QEMU 7.2-8.2 (plugin API 1): install Debian 12's qemu-user or pass --qemu"
+            f"{path} is QEMU {'.'.join(map(str, version))}, older than 7.2 (no TCG plugin API this "
+            f"Cannoli DB supports): install Debian 12's qemu-user, or build QEMU 10 with `cannoli setup-qemu`"
         )
     return qemu
 
@@ -137,8 +147,8 @@ def _build(target: Path, command: list[str]) -> Path:
 
 def plugin_path(qemu: Qemu) -> Path:
     """Build (once) and return the plugin for this QEMU's plugin API."""
-    api = qemu.plugin_api
-    key = _source_hash(f"plugin api={api} qemu={qemu.version}")
+    api = min(qemu.plugin_api, NEWEST_PLUGIN_API_BUILT)
+    key = _source_hash(f"plugin api={api}")
     src = Path(str(resources.files("cannoli_db.qemu_patches").joinpath("plugin")))
     sources = sorted(str(p) for p in src.glob("plugin_*.c")) + [str(src.parent / "fault_point.c")]
     cmd = [_compiler(), "-O2", "-g", "-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden",

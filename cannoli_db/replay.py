@@ -1,14 +1,15 @@
 """Replay: the recorded execution, one instruction at a time.
 
 Each Step is one position: thread, pc, `symbol+offset`, the instruction as
-capstone reads the recorded bytes, the memory accesses it made (with values)
-and the syscall it entered.  Steps are produced window by window
+capstone reads the recorded bytes, the memory accesses it made (with values),
+the syscall it entered, and (QEMU >= 9 traces) the registers: all of them at
+the first step, then the ones that changed, at each block entry.  Steps are produced window by window
 (WINDOW positions at a time) so a replay of any length runs in bounded memory.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import numpy as np
@@ -51,6 +52,7 @@ class Step:
     bytes: bytes
     mem: tuple[Access, ...] = field(default=())
     syscall: Syscall | None = None
+    regs: tuple[tuple[str, int], ...] = field(default=())  # (name, value) at this step's entry
 
     def as_dict(self) -> dict:
         return {
@@ -60,12 +62,15 @@ class Step:
             "syscall": None if self.syscall is None else {
                 "nr": self.syscall.nr, "name": self.syscall.name, "args": list(self.syscall.args),
                 "ret": self.syscall.ret},
+            "regs": dict(self.regs),
         }
 
     def text(self) -> str:
         accesses = " ".join(
             f"{'W' if a.is_write else 'R'}[{a.addr:#x}]={'?' if a.value is None else hex(a.value)}" for a in self.mem)
         line = f"{self.idx:>10} {self.tid:>7} {self.pc:#014x} {self.symbol:<32} {self.insn:<40} {accesses}".rstrip()
+        if self.regs:
+            line += f"\n{'':>19}regs " + " ".join(f"{name}={value:#x}" for name, value in self.regs)
         if self.syscall is not None:
             line += f"\n{'':>19}syscall {self.syscall.render()}"
         return line
@@ -135,8 +140,25 @@ def steps(trace, start: int, end: int, tid: int | None = None) -> Iterator[Step]
 
 
 def _steps(trace, disasm: Disassembler, start: int, end: int, tid: int | None) -> Iterator[Step]:
+    first = True
     for lo in range(start, end, WINDOW):
-        yield from _window(trace, disasm, lo, min(end, lo + WINDOW), tid)
+        for step in _window(trace, disasm, lo, min(end, lo + WINDOW), tid):
+            if first and not trace.meta.get("regs_unavailable"):
+                # the whole register state once, so later changes have a context
+                state = {r: v for r, v in trace.registers_at(step.idx).items() if r != "pc"}
+                step = replace(step, regs=tuple({**state, **dict(step.regs)}.items()))
+            first = False
+            yield step
+
+
+def window_regs(trace, lo: int, hi: int, tid: int | None) -> dict[int, tuple[tuple[str, int], ...]]:
+    """The register changes recorded at block entries in [lo, hi), by position."""
+    out: dict[int, list] = {}
+    for idx, reg, value in trace.sql("""
+            SELECT idx, reg, value FROM regs WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid)
+            ORDER BY idx, n""", {"lo": lo, "hi": hi, "tid": tid}).rows:
+        out.setdefault(idx, []).append((reg, value))
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def window_insns(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
@@ -166,13 +188,14 @@ def _window(trace, disasm: Disassembler, lo: int, hi: int, tid: int | None) -> I
     calls = {r[0]: Syscall(r[1], r[2], tuple(r[3:9]), r[9]) for r in trace.sql("""
         SELECT idx, nr, name, arg0, arg1, arg2, arg3, arg4, arg5, ret FROM syscalls
         WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid)""", params).rows}
+    regs = window_regs(trace, lo, hi, tid)
     texts, codes = _block_texts(trace, disasm, {r[3] for r in insns})
     pcs = np.fromiter((r[2] for r in insns), np.uint64, len(insns))
     unique, inverse = np.unique(pcs, return_inverse=True)
     names = trace.symbolizer.names(unique)
     for (idx, thread, pc, block_id, n), name_at in zip(insns, inverse):
         yield Step(idx, thread, pc, names[name_at], texts[block_id][n], codes[block_id][n],
-                   mem.get(idx, ()), calls.get(idx))
+                   mem.get(idx, ()), calls.get(idx), regs.get(idx, ()))
 
 
 def _by_idx(rows) -> dict[int, tuple[Access, ...]]:

@@ -16,7 +16,7 @@ from duckdb_engine.datatypes import UBigInteger, UInteger, USmallInteger, UTinyI
 from sqlalchemy import BigInteger, Boolean, Column, Integer, LargeBinary, MetaData, String, Table
 from sqlalchemy.schema import CreateTable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -159,10 +159,11 @@ symbols = Table(
 
 regs = Table(
     "regs", metadata,
-    _idx(),
+    Column("idx", UBigInteger, nullable=False, comment="the first instruction of a block: values at its entry"),
     _tid(),
-    Column("reg", String, nullable=False),
-    Column("value", UBigInteger),
+    Column("n", UTinyInteger, nullable=False, comment="register number: the order QEMU lists them"),
+    Column("reg", String, nullable=False, comment="gdb name: rax, x0, a0, eflags, ..."),
+    Column("value", UBigInteger, nullable=False, comment="new value (changed since the thread's previous block)"),
 )
 
 VIEWS = {

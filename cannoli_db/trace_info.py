@@ -28,6 +28,11 @@ def _meta(trace: Path, index: Trace | None) -> dict:
         return index.meta  # the index kept what it knew
 
 
+def _registers_recorded(index: Trace) -> str:
+    names = [r[0] for r in index.sql("SELECT reg FROM regs GROUP BY n, reg ORDER BY n").rows]
+    return f"{len(names)} recorded at block entry: {' '.join(names)}" if names else "none"
+
+
 def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, object]]:
     counts = meta.get("counts", {})
     state = "complete" if meta.get("complete") else (
@@ -56,7 +61,7 @@ def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, obje
                       f"INCOMPLETE: {index.meta.get('index_problem') or 'the recording did not finish'}"))
         for table in ("exec", "mem", "syscalls", "mmaps", "modules", "symbols", "regs"):
             facts.append((f"rows in {table}", index.sql(f"SELECT count(*) FROM {table}").rows[0][0]))
-        facts.append(("registers", index.meta.get("regs_unavailable")))
+        facts.append(("registers", index.meta.get("regs_unavailable") or _registers_recorded(index)))
     else:
         facts.append(("index", f"none; build it with: cannoli index {trace}"))
     return facts

@@ -33,12 +33,42 @@ def create(path: Path, force: bool) -> Path:
             raise CannoliError(f"{path} exists and is not a directory; remove it or choose another with -o DIR")
         if any(path.iterdir()) and not (path / META_NAME).exists():
             raise CannoliError(f"{path} is not a Cannoli DB trace (no {META_NAME}); refusing to delete it with --force")
-        shutil.rmtree(path)
+        _refuse_if_recording(path)
+        try:
+            shutil.rmtree(path)
+        except OSError as exc:
+            raise CannoliError(f"cannot remove the old trace {path} for --force: {exc}") from None
     try:
         (path / CHUNKS_NAME).mkdir(parents=True)
     except OSError as exc:
         raise CannoliError(f"cannot create trace directory {path}: {exc.strerror}") from None
     return path
+
+
+def recorder_alive(meta: dict) -> bool:
+    """The recording that meta.json describes is still being written."""
+    pid = meta.get("recorder_pid")
+    return meta.get("end_time") is None and isinstance(pid, int) and pid > 0 and _running(pid)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _refuse_if_recording(path: Path) -> None:
+    try:
+        meta = read_meta(path)
+    except CannoliError:
+        return  # damaged or foreign meta.json: nothing says a recorder owns it
+    if recorder_alive(meta):
+        raise CannoliError(f"{path} is being recorded right now (recorder process {meta['recorder_pid']}); "
+                           f"wait for it, stop it, or choose another directory with -o DIR")
 
 
 def write_meta(path: Path, meta: dict) -> None:
@@ -70,8 +100,9 @@ def read_meta(path: Path) -> dict:
         raise MetaDamaged(f"{meta_path}: damaged ({exc}); `cannoli index` can still index the chunks") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("format_version"), int):
         raise MetaDamaged(f"{meta_path}: damaged (no format_version); `cannoli index` can still index the chunks")
-    if meta["format_version"] != F.FORMAT_VERSION:
+    if meta["format_version"] not in F.READABLE_VERSIONS:
         raise CannoliError(
-            f"{path}: trace format version {meta['format_version']}, this Cannoli DB reads {F.FORMAT_VERSION}"
+            f"{path}: trace format version {meta['format_version']}, this Cannoli DB reads versions "
+            f"{', '.join(map(str, F.READABLE_VERSIONS))}"
         )
     return meta

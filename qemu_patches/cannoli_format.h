@@ -19,7 +19,9 @@
 
 #include <stdint.h>
 
-#define CN_FORMAT_VERSION 1
+#define CN_FORMAT_VERSION 2
+/* Version 1 (QEMU 7.2 era, no registers) lacks the two REG sections: its
+ * packet header holds 9 counts (104 bytes, not 112).  Readers accept it. */
 
 /* 8-byte magics, stored as bytes (not as integers). */
 #define CN_CHUNK_MAGIC  "CNDBCHNK"
@@ -37,10 +39,12 @@ enum cn_section {
     CN_SEC_INSN_SIZE,     /* uint8 per instruction of the blocks above, bytes     */
     CN_SEC_INSN_BYTES,    /* uint8: the blocks' instruction bytes, concatenated   */
     CN_SEC_BLOB,          /* uint8: strings and buffers that events point into    */
+    CN_SEC_REG_VALUE,     /* uint64 per register change: the new value (v2)       */
+    CN_SEC_REG_INFO,      /* uint32 per register change: see CN_REGINFO_* (v2)    */
     CN_NSECTIONS
 };
 
-/* On disk (in packets) three sections are transformed to compress well; in the
+/* On disk (in packets) five sections are transformed to compress well; in the
  * ring they are plain arrays.  count[] of a packet still gives records, except
  * for CN_SEC_MEM_VALUE, whose count is its length in bytes.
  *   MEM_ADDR   a[i] - a[i-1] (mod 2^64, a[-1] = 0), then byte planes: all
@@ -48,7 +52,10 @@ enum cn_section {
  *   MEM_INFO   w[i] - w[i-1] (mod 2^32, w[-1] = 0), then byte planes (4n bytes)
  *   MEM_VALUE  each value cut to its access size (1, 2, 4 or 8 bytes, from the
  *              info word), grouped by size: all 1-byte values in access order,
- *              then all 2-byte, 4-byte, 8-byte ones, little-endian.          */
+ *              then all 2-byte, 4-byte, 8-byte ones, little-endian.
+ *   REG_VALUE  v[i] minus the previous value of the same register in this
+ *              packet (mod 2^64, 0 before its first), then byte planes (8n)
+ *   REG_INFO   as MEM_INFO: deltas, then byte planes (4n bytes)          */
 
 /* Capacity of each section in one lane, in records.  A packet never holds more;
  * readers reject a packet that claims more. */
@@ -59,6 +66,7 @@ enum cn_section {
 #define CN_CAP_INSN_SIZE   65536u
 #define CN_CAP_INSN_BYTES  262144u
 #define CN_CAP_BLOB        262144u
+#define CN_CAP_REG         65536u
 
 /* QEMU translates at most 512 instructions into one block (TCG_MAX_INSNS). */
 #define CN_MAX_BLOCK_INSNS 512u
@@ -81,6 +89,18 @@ enum cn_section {
 #define CN_MEMINFO_INSN_MASK   0x1ffu
 #define CN_MEMINFO_LINK_SHIFT  14
 
+/* ---- register change info word (CN_SEC_REG_INFO) -------------------------
+ * Registers are recorded at block entry (plugin API >= 2), as changes: a
+ * thread's first block has every recorded register, later blocks only the
+ * ones whose value differs from the thread's previous block entry.
+ * bits  0..7  register number (CN_EV_REG_NAME names it)
+ * bits  8..31 link, as for memory accesses: k >= 1 -> exec[k-1] of this
+ *             packet; 0 -> the block executing when the packet began.       */
+#define CN_REGINFO_NUMBER_MASK 0xffu
+#define CN_REGINFO_LINK_SHIFT  8
+/* Most registers one recording can name (the number fits the info word). */
+#define CN_MAX_REGS 64u
+
 /* ---- events (CN_SEC_EVENT) ------------------------------------------------ */
 enum cn_event_kind {
     CN_EV_THREAD_START = 1, /* v0 pid, v1 tid, v2 parent pid if this is a fork child else 0 */
@@ -98,6 +118,8 @@ enum cn_event_kind {
                                code, v1 end of it, v2 its entry point (QEMU's loader view),
                                v3 guest_base, v4 pc of the first block, v5 blob offset and
                                v6 length of the program's path                             */
+    CN_EV_REG_NAME     = 9, /* (v2) register number v0 is named by the v2 bytes at blob
+                               offset v1; v3 its size in bytes as QEMU reads it             */
 };
 
 #define CN_BLOB_STRING     1u   /* a NUL-terminated string argument (NUL not stored)   */
@@ -152,7 +174,7 @@ struct cn_packet_header {
                                completed a memory access; 0 if none (fault_point.h)   */
     uint32_t reserved0;
     uint64_t reserved1;
-};                          /* 104 bytes */
+};                          /* 112 bytes (version 1: 104) */
 
 /* ---- chunk file ------------------------------------------------------------
  * chunks/NNNNNN.zst = this header, then one zstd frame whose content is a run of

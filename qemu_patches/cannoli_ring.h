@@ -27,7 +27,15 @@
 #include <stdint.h>
 #include "cannoli_format.h"
 
-#define CN_RING_VERSION 2
+#define CN_RING_VERSION 3
+
+enum cn_regs_state {
+    CN_REGS_UNSET = 0,          /* the plugin never started                          */
+    CN_REGS_RECORDED = 1,
+    CN_REGS_OFF = 2,            /* regs=off                                          */
+    CN_REGS_NO_API = 3,         /* plugin API 1: QEMU gives plugins no registers     */
+    CN_REGS_NONE_KNOWN = 4,     /* QEMU listed no register this plugin records       */
+};
 
 enum cn_lane_state { CN_LANE_FREE = 0, CN_LANE_OWNED = 1, CN_LANE_FULL = 2 };
 
@@ -49,8 +57,13 @@ struct cn_ring_header {
     uint32_t mem_enabled;       /* 1 if memory accesses are recorded                 */
     char     target[32];        /* QEMU target name, e.g. "x86_64"                   */
     uint64_t hits_offset;       /* byte offset of the block-end counters             */
-    uint64_t hits_capacity;     /* counters there: blocks with a smaller id use one  */
-    uint64_t reserved[6];
+    uint64_t hits_capacity;     /* counters there: blocks with a smaller id use one;
+                                   the plugin sets 0 when it counts per vCPU instead */
+    uint32_t regs_recorded;     /* registers the plugin records at block entry       */
+    uint32_t regs_state;        /* CN_REGS_*: why registers are or are not recorded  */
+    uint64_t regs_missed;       /* atomic, regs=check: register changes at block entry
+                                   that the written-register masks did not predict   */
+    uint64_t reserved[4];
 };
 
 struct cn_lane_header {
@@ -80,11 +93,11 @@ struct cn_lane_layout {
 static inline void cn_lane_layout(struct cn_lane_layout *l)
 {
     static const size_t rec[CN_NSECTIONS] = {
-        4, 8, 8, 4, sizeof(struct cn_event), sizeof(struct cn_block), 1, 1, 1,
+        4, 8, 8, 4, sizeof(struct cn_event), sizeof(struct cn_block), 1, 1, 1, 8, 4,
     };
     static const uint32_t cap[CN_NSECTIONS] = {
         CN_CAP_EXEC, CN_CAP_MEM, CN_CAP_MEM, CN_CAP_MEM, CN_CAP_EVENT,
-        CN_CAP_BLOCK, CN_CAP_INSN_SIZE, CN_CAP_INSN_BYTES, CN_CAP_BLOB,
+        CN_CAP_BLOCK, CN_CAP_INSN_SIZE, CN_CAP_INSN_BYTES, CN_CAP_BLOB, CN_CAP_REG, CN_CAP_REG,
     };
     size_t off = (sizeof(struct cn_lane_header) + 63) & ~(size_t)63;
     for (int s = 0; s < CN_NSECTIONS; s++) {

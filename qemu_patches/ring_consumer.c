@@ -104,6 +104,21 @@ static char *put_info(char *p, const uint32_t *w, uint32_t n, uint32_t *scratch)
     return put_planes(p, scratch, n, 4);
 }
 
+/* REG_VALUE on disk: each value minus the previous value of the same register
+ * in the packet (0 before the first), then byte planes: a loop counter or a
+ * pointer that moves by a few bytes leaves its high planes zero. */
+static char *put_reg_values(char *p, const uint64_t *v, const uint32_t *info, uint32_t n,
+                            uint64_t *scratch)
+{
+    uint64_t last[CN_MAX_REGS] = { 0 };
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t r = info[i] & (CN_MAX_REGS - 1u);
+        scratch[i] = v[i] - last[r];
+        last[r] = v[i];
+    }
+    return put_planes(p, scratch, n, 8);
+}
+
 /* MEM_VALUE on disk: values cut to their access size, grouped by size. */
 static char *put_values(char *p, const uint64_t *v, const uint32_t *info, uint32_t n)
 {
@@ -171,6 +186,12 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *out, siz
         if (s == CN_SEC_MEM_VALUE || s == CN_SEC_MEM_INFO) {
             c = h.count[CN_SEC_MEM_ADDR]; /* the memory sections share one count */
         }
+        if (s == CN_SEC_REG_VALUE) {
+            /* so do the register sections: REG_INFO's, bumped after both records */
+            c = __atomic_load_n(&lane->count[CN_SEC_REG_INFO], __ATOMIC_ACQUIRE);
+        } else if (s == CN_SEC_REG_INFO) {
+            c = h.count[CN_SEC_REG_VALUE];
+        }
         h.count[s] = c < l.capacity[s] ? c : l.capacity[s];
         total += h.count[s];
     }
@@ -198,6 +219,10 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *out, siz
             p = put_values(p, src, info, n_mem);
         } else if (s == CN_SEC_MEM_INFO) {
             p = put_info(p, src, n_mem, scratch);
+        } else if (s == CN_SEC_REG_VALUE) {
+            p = put_reg_values(p, src, cn_lane_section(lane, &l, CN_SEC_REG_INFO), h.count[s], scratch);
+        } else if (s == CN_SEC_REG_INFO) {
+            p = put_info(p, src, h.count[s], scratch);
         } else {
             size_t bytes = h.count[s] * l.record_size[s];
             memcpy(p, src, bytes);

@@ -135,7 +135,10 @@ RING_HEADER_DTYPE = np.dtype(
         ("target", "S32"),
         ("hits_offset", "<u8"),
         ("hits_capacity", "<u8"),
-        ("reserved", "<u8", (6,)),
+        ("regs_recorded", "<u4"),
+        ("regs_state", "<u4"),
+        ("regs_missed", "<u8"),
+        ("reserved", "<u8", (4,)),
     ]
 )
 

@@ -14,11 +14,11 @@ import shutil
 import signal
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cannoli_db import __version__, guest_binary, native, syscall_tables, tracedir
+from cannoli_db import __version__, config, guest_binary, native, syscall_tables, tracedir
 from cannoli_db import format as F
 from cannoli_db.decode import view_packet
 from cannoli_db.errors import CannoliError
@@ -37,6 +37,8 @@ class RecordOptions:
     args: list[str] = field(default_factory=list)
     out_dir: Path | None = None
     record_mem: bool = True
+    record_regs: bool | None = None  # None: wherever the QEMU can give registers
+    regs_check: bool = False  # read every register at every block; count what the masks missed
     qemu: str | None = None
     sysroot: str | None = None
     force: bool = False
@@ -97,6 +99,9 @@ class _Interrupts:
 def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptions,
                   guest: guest_binary.GuestBinary, trace_dir: Path) -> list[str]:
     plugin_arg = f"{plugin},fd={ring.fd},mem={'on' if opts.record_mem else 'off'}"
+    if qemu.has_registers:
+        regs = "check" if opts.regs_check else "off" if opts.record_regs is False else "on"
+        plugin_arg += f",regs={regs}"
     log = (trace_dir / layout_log.LOG_NAME).resolve()
     logging = layout_log.qemu_args(log, opts.qemu_options)
     if logging:
@@ -125,6 +130,8 @@ def _initial_meta(opts: RecordOptions, guest, qemu: native.Qemu) -> dict:
         "qemu_version": ".".join(map(str, qemu.version)),
         "plugin_api": qemu.plugin_api,
         "record_mem": opts.record_mem,
+        "record_regs": qemu.has_registers and (opts.record_regs is not False or opts.regs_check),
+        "regs_check": opts.regs_check,
         "qemu_options": opts.qemu_options,
         "start_time": _now(),
         "recorder_pid": os.getpid(),
@@ -134,7 +141,13 @@ def _initial_meta(opts: RecordOptions, guest, qemu: native.Qemu) -> dict:
 def record(opts: RecordOptions) -> RecordResult:
     guest = guest_binary.inspect(opts.program)
     _check_interpreter(guest, opts.sysroot)
+    opts = _with_settings(opts, guest.arch)
     qemu = native.find_qemu(guest.arch, opts.qemu)
+    if (opts.record_regs or opts.regs_check) and not qemu.has_registers:
+        raise CannoliError(
+            f"--regs: {qemu.path} is QEMU {'.'.join(map(str, qemu.version))} (plugin API {qemu.plugin_api}), "
+            f"which gives plugins no registers; build QEMU 10 with `cannoli setup-qemu` and pass --qemu"
+        )
     plugin = native.plugin_path(qemu)
     ring = Ring(opts.n_lanes)
     trace_dir = tracedir.create(opts.out_dir or tracedir.default_trace_dir(opts.program), opts.force)
@@ -172,6 +185,13 @@ def record(opts: RecordOptions) -> RecordResult:
         tracedir.write_meta(trace_dir, meta)
         raise CannoliError(f"recording stopped: {error}; the chunks written so far in {trace_dir} are valid")
     return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0)
+
+
+def _with_settings(opts: RecordOptions, arch: str) -> RecordOptions:
+    """Options with the settings file's qemu and regs where the command line left them open."""
+    settings = config.load()
+    regs = opts.record_regs if opts.record_regs is not None else settings.regs
+    return replace(opts, qemu=config.resolve_qemu(opts.qemu or settings.qemu, arch), record_regs=regs)
 
 
 def _check_interpreter(guest: guest_binary.GuestBinary, sysroot: str | None) -> None:
@@ -270,6 +290,9 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
         exit_signal_name=signal.Signals(sig).name if sig and sig in signal.Signals._value2member_map_ else None,
         qemu_target=header["target"].decode(errors="replace"),
         guest_base=header["guest_base"],
+        regs_recorded=header["regs_recorded"],
+        regs_unavailable=regs_unavailable(header["regs_state"], meta),
+        regs_missed=header["regs_missed"] if meta.get("regs_check") else None,
         counts={
             "instructions": instructions,
             "blocks_executed": stats.blocks_executed,
@@ -302,6 +325,24 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
         producer_waits=header["producer_waits"],
         meta=meta,
     )
+
+
+# Why a trace has no registers, by the plugin's regs_state (cannoli_ring.h).
+_REGS_REASONS = {
+    0: "the plugin did not start",
+    2: "registers were not asked for (--no-regs)",
+    3: "QEMU {qemu} (plugin API {api}) gives plugins no register access; registers need QEMU >= 9.0: "
+       "build one with `cannoli setup-qemu`",
+    4: "QEMU {qemu} offered none of the registers Cannoli DB records for this architecture",
+}
+
+
+def regs_unavailable(state: int, meta: dict) -> str | None:
+    """Why the trace has no registers, in words; None when it has them."""
+    if state == 1:
+        return None
+    reason = _REGS_REASONS.get(state, "unknown register state {state}")
+    return reason.format(qemu=meta.get("qemu_version"), api=meta.get("plugin_api"), state=state)
 
 
 def summary(result: RecordResult) -> str:

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,50 @@ def qemu_x86_64() -> str:
     if not path:
         pytest.fail("qemu-x86_64 is not installed: run the README's setup command (apt-get install qemu-user)")
     return path
+
+
+@dataclass(frozen=True)
+class QemuUnderTest:
+    """One of the two QEMUs every fidelity check runs on: Debian 12's 7.2
+    (plugin API 1) and the 10.0 that `cannoli setup-qemu` builds (API 4)."""
+
+    label: str
+    bin_dir: Path
+    api: int
+
+    def path(self, arch: str = "x86_64") -> str:
+        return str(self.bin_dir / f"qemu-{arch}")
+
+    @property
+    def record_options(self) -> list[str]:
+        return ["--qemu", str(self.bin_dir)]
+
+
+QEMU_LABELS = ("7.2", "10")
+
+
+def qemu_under_test(label: str) -> QemuUnderTest:
+    if label == "7.2":
+        return QemuUnderTest("7.2", Path(qemu_x86_64()).parent, 1)
+    from cannoli_db.recorder import qemu_build
+
+    build = qemu_build.find_build(("x86_64", "aarch64"))
+    if build is None:
+        log = qemu_build.builds_dir() / "last-build.log"
+        why = f" (the last build's log: {log})" if log.exists() else ""
+        pytest.fail(f"QEMU 10 is not built{why}: run `cannoli setup-qemu` (or the README's setup command)")
+    return QemuUnderTest("10", Path(build.bin_dir), 4)
+
+
+@pytest.fixture(params=["7.2"])
+def qemu(request) -> QemuUnderTest:
+    """The QEMU that `record`, `insn_counter` and `qemu_strace` use: 7.2 unless a
+    test asks for both with @both_qemus."""
+    return qemu_under_test(request.param)
+
+
+# Run a fidelity check on QEMU 7.2 and on the built QEMU 10.
+both_qemus = pytest.mark.parametrize("qemu", QEMU_LABELS, indirect=True)
 
 
 @pytest.fixture(scope="session")
@@ -100,9 +145,10 @@ class InsnCounter:
     recording (QEMU takes several -plugin options), so both see one execution:
     a multi-threaded program's instruction count differs from run to run."""
 
-    def __init__(self, lib: Path, out_dir: Path):
+    def __init__(self, lib: Path, out_dir: Path, qemu: str):
         self.lib = lib
         self.out_dir = out_dir
+        self.qemu = qemu
         self.runs = 0
 
     def options(self) -> tuple[list[str], Path]:
@@ -124,16 +170,36 @@ class InsnCounter:
     def count_alone(self, program: Path, *args: str) -> int:
         """Count a separate plain-QEMU run (for single-threaded, deterministic guests)."""
         _, out = self.options()
-        subprocess.run([qemu_x86_64(), "-plugin", f"{self.lib},out={out}", "-0", str(program), str(program), *args],
+        subprocess.run([self.qemu, "-plugin", f"{self.lib},out={out}", "-0", str(program), str(program), *args],
                        env=GUEST_ENV, capture_output=True, timeout=600)
         return self.read(out)
 
 
 @pytest.fixture(scope="session")
-def insn_counter(build_dir) -> InsnCounter:
-    lib = build_dir / "insn_counter.so"
-    subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(lib), str(TOOLS / "insn_counter.c")], check=True)
-    return InsnCounter(lib, build_dir)
+def insn_counter_lib(build_dir):
+    """insn_counter_lib(api) -> the counter built for that plugin API version."""
+    built: dict[int, Path] = {}
+
+    def build(api: int) -> Path:
+        if api not in built:
+            lib = build_dir / f"insn_counter-api{api}.so"
+            subprocess.run(["cc", "-O2", "-shared", "-fPIC", f"-DCOUNTER_API={api}", "-o", str(lib),
+                            str(TOOLS / "insn_counter.c")], check=True)
+            built[api] = lib
+        return built[api]
+
+    return build
+
+
+@pytest.fixture
+def insn_counter(insn_counter_lib, build_dir, qemu) -> InsnCounter:
+    return InsnCounter(insn_counter_lib(qemu.api), build_dir, qemu.path())
+
+
+@pytest.fixture(scope="session")
+def insn_counter_72(insn_counter_lib, build_dir) -> InsnCounter:
+    """The counter for session-scoped recordings, which run on QEMU 7.2."""
+    return InsnCounter(insn_counter_lib(1), build_dir, qemu_x86_64())
 
 
 def _syscall_numbers() -> dict[str, int]:
@@ -141,14 +207,14 @@ def _syscall_numbers() -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"#define __NR_(\w+) (\d+)", header.read_text())}
 
 
-@pytest.fixture(scope="session")
-def qemu_strace():
+@pytest.fixture
+def qemu_strace(qemu):
     """qemu_strace(program, *args) -> [(number, return value or None)] from
     `qemu-x86_64 -strace`, names mapped to numbers with the kernel's header."""
     numbers = _syscall_numbers()
 
     def run(program: Path, *args: str) -> list[tuple[int, int | None]]:
-        proc = subprocess.run([qemu_x86_64(), "-strace", "-0", str(program), str(program), *args],
+        proc = subprocess.run([qemu.path(), "-strace", "-0", str(program), str(program), *args],
                               env=GUEST_ENV, capture_output=True, text=True, timeout=600)
         calls = []
         for line in proc.stderr.splitlines():
@@ -180,12 +246,13 @@ def run_cannoli(*args, cwd=None, env=None, timeout=900, stdin=None, input=None) 
 
 
 @pytest.fixture
-def record(tmp_path):
-    """record(program, *args, options=[...]) -> (CompletedProcess, trace dir)."""
+def record(tmp_path, qemu):
+    """record(program, *args, options=[...]) -> (CompletedProcess, trace dir), on `qemu`."""
 
     def do(program: Path, *args: str, options=(), name="trace.cannoli"):
         trace = tmp_path / name
-        proc = run_cannoli("record", "-o", trace, "--no-index", *options, program, *args, cwd=tmp_path)
+        proc = run_cannoli("record", "-o", trace, "--no-index", *qemu.record_options, *options, program, *args,
+                           cwd=tmp_path)
         return proc, trace
 
     return do
@@ -247,7 +314,7 @@ def query(trace, sql, *params):
 
 
 @pytest.fixture(scope="session")
-def recorded(guest, insn_counter: InsnCounter, tmp_path_factory):
+def recorded(guest, insn_counter_72: InsnCounter, tmp_path_factory):
     """recorded(name, *args) -> (trace, stdout, independently counted instructions), cached."""
     cache = {}
 
@@ -255,10 +322,10 @@ def recorded(guest, insn_counter: InsnCounter, tmp_path_factory):
         key = (name, args, static)
         if key not in cache:
             trace = tmp_path_factory.mktemp("idx") / f"{name}.cannoli"
-            counter_options, out = insn_counter.options()
+            counter_options, out = insn_counter_72.options()
             proc = run_cannoli("record", "-o", trace, *counter_options, guest(name, static=static), *args)
             assert "indexed" in proc.stderr, proc.stderr
-            cache[key] = (trace, proc.stdout, insn_counter.read(out))
+            cache[key] = (trace, proc.stdout, insn_counter_72.read(out))
         return cache[key]
 
     return get

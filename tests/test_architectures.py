@@ -35,7 +35,7 @@ def qemu_strace_names(arch: str, program, *args) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def recorded_cross(cross_guest, insn_counter, tmp_path_factory):
+def recorded_cross(cross_guest, insn_counter_72, tmp_path_factory):
     cache = {}
 
     def get(arch: str, name: str, *args: str, static: bool = True, options=()):
@@ -43,10 +43,10 @@ def recorded_cross(cross_guest, insn_counter, tmp_path_factory):
         if key not in cache:
             program = cross_guest(arch, name, static)
             trace = tmp_path_factory.mktemp(arch) / f"{name}.cannoli"
-            counter_options, out = insn_counter.options()
+            counter_options, out = insn_counter_72.options()
             proc = run_cannoli("record", "-o", trace, *options, *counter_options, program, *args)
             assert "indexed" in proc.stderr, proc.stderr
-            cache[key] = (program, trace, proc, insn_counter.read(out))
+            cache[key] = (program, trace, proc, insn_counter_72.read(out))
         return cache[key]
 
     return get

@@ -17,7 +17,7 @@ from elftools.elf.elffile import ELFFile
 
 from cannoli_db import Trace
 
-from .conftest import GUEST_ENV, read_meta, run_cannoli
+from .conftest import GUEST_ENV, both_qemus, read_meta, run_cannoli
 
 PRSTATUS_PC_OFFSET = 112 + 16 * 8  # x86_64 elf_prstatus: pr_reg starts at 112, rip is register 16
 CORE_LIMIT = 32 << 20
@@ -34,21 +34,23 @@ def guest_core_pc(folder) -> int:
     raise AssertionError("no NT_PRSTATUS in QEMU's core dump")
 
 
-def record_with_core(program, how, folder):
+def record_with_core(program, how, folder, qemu):
     def allow_core():
         resource.setrlimit(resource.RLIMIT_CORE, (CORE_LIMIT, CORE_LIMIT))
 
     trace = folder / "crash.cannoli"
-    proc = subprocess.run([sys.executable, "-m", "cannoli_db.cli", "record", "-o", str(trace), str(program), how],
+    proc = subprocess.run([sys.executable, "-m", "cannoli_db.cli", "record", "-o", str(trace),
+                           *qemu.record_options, str(program), how],
                           cwd=folder, env=GUEST_ENV, capture_output=True, text=True, timeout=300,
                           preexec_fn=allow_core)
     return proc, trace
 
 
+@both_qemus
 @pytest.mark.parametrize("how, sig", [("segv", signal.SIGSEGV), ("fpe", signal.SIGFPE),
                                       ("stack", signal.SIGSEGV), ("abort", signal.SIGABRT)])
-def test_crash_is_recorded_up_to_the_faulting_instruction(guest, tmp_path, how, sig):
-    proc, trace = record_with_core(guest("crash"), how, tmp_path)
+def test_crash_is_recorded_up_to_the_faulting_instruction(guest, tmp_path, qemu, how, sig):
+    proc, trace = record_with_core(guest("crash"), how, tmp_path, qemu)
     assert proc.returncode == 128 + sig, proc.stderr
     assert "Traceback" not in proc.stderr
     meta = read_meta(trace)
@@ -67,6 +69,7 @@ def test_crash_is_recorded_up_to_the_faulting_instruction(guest, tmp_path, how, 
         assert pc == core_pc, f"last recorded pc {pc:#x}, QEMU faulted at {core_pc:#x}"
 
 
+@both_qemus
 def test_faults_caught_by_a_handler_count_exactly(guest, record_counted):
     proc, trace, expected = record_counted(guest("crash"), "handled")
     assert proc.returncode == 0, proc.stderr

@@ -15,22 +15,24 @@ from hypothesis import strategies as st
 from cannoli_db import format as F
 from cannoli_db.decode import ChunkError, decode_chunk_bytes, parse_packets, chunk_files
 
-from .conftest import run_cannoli
+from .conftest import QEMU_LABELS, qemu_under_test, run_cannoli
 
 
-@pytest.fixture(scope="module")
-def real_chunk(guest, tmp_path_factory) -> bytes:
+@pytest.fixture(scope="module", params=QEMU_LABELS)
+def real_chunk(guest, tmp_path_factory, request) -> bytes:
+    """A chunk from each QEMU: QEMU 10's carries register records."""
     trace = tmp_path_factory.mktemp("decode") / "t.cannoli"
-    proc = run_cannoli("record", "--no-index", "-o", trace, guest("threads"), "2", "2000")
+    proc = run_cannoli("record", "--no-index", "-o", trace, *qemu_under_test(request.param).record_options,
+                       guest("threads"), "2", "2000")
     assert proc.returncode == 0, proc.stderr
     return chunk_files(trace)[0].read_bytes()
 
 
-def rewrap(raw: bytes, n_packets: int) -> bytes:
+def rewrap(raw: bytes, n_packets: int, version: int = F.FORMAT_VERSION) -> bytes:
     """A chunk with valid checksums around arbitrary packet bytes."""
     payload = zstandard.ZstdCompressor(level=1).compress(raw)
     header = np.zeros(1, F.CHUNK_HEADER_DTYPE)
-    header["magic"], header["version"] = F.CHUNK_MAGIC, F.FORMAT_VERSION
+    header["magic"], header["version"] = F.CHUNK_MAGIC, version
     header["header_size"] = F.CHUNK_HEADER_DTYPE.itemsize
     header["n_packets"], header["payload_size"], header["raw_size"] = n_packets, len(payload), len(raw)
     header["payload_crc32"] = zlib.crc32(payload)
@@ -43,6 +45,7 @@ def check_well_formed(packets):
         assert len(p.mem_addr) == len(p.mem_value) == len(p.mem_info) <= F.CAP_MEM
         assert len(p.exec) <= F.CAP_EXEC and len(p.events) <= F.CAP_EVENT
         assert p.events.dtype == F.EVENT_DTYPE and p.blocks.dtype == F.BLOCK_DTYPE
+        assert len(p.reg_value) == len(p.reg_info) <= F.CAP_REG
 
 
 def decode_or_reject(data: bytes):
@@ -56,6 +59,43 @@ def test_real_chunk_decodes(real_chunk):
     packets = decode_chunk_bytes(real_chunk, "000000.zst")
     assert packets and sum(len(p.exec) for p in packets) > 0
     check_well_formed(packets)
+
+
+def as_version_1(raw: bytes) -> bytes:
+    """The same packets in format version 1 (no REG sections): a 9-count header."""
+    out, pos = bytearray(), 0
+    v1, v2 = F.PACKET_HEADER_DTYPES[1], F.PACKET_HEADER_DTYPES[2]
+    for p in parse_packets(raw):
+        header = np.frombuffer(raw, v2, 1, pos)[0]
+        assert not p.reg_info.size, "a version-1 packet cannot hold registers"
+        old = np.zeros(1, v1)
+        for name in v1.names:
+            old[name] = header[name][: F.NSECTIONS_V1] if name == "count" else header[name]
+        old["version"], old["header_size"] = 1, v1.itemsize
+        size = v2.itemsize + sum(int(c) * (1 if s == F.SEC_MEM_VALUE else F.SECTION_DTYPES[s].itemsize)
+                                 for s, c in enumerate(header["count"]))
+        out += old.tobytes() + raw[pos + v2.itemsize : pos + size]
+        pos += size
+    return bytes(out)
+
+
+@pytest.mark.parametrize("real_chunk", ["7.2"], indirect=True)  # version 1 cannot carry registers
+def test_version_1_packets_still_decode(real_chunk):
+    raw = zstandard.ZstdDecompressor().decompress(real_chunk[F.CHUNK_HEADER_DTYPE.itemsize :])
+    packets = parse_packets(raw)
+    old = decode_chunk_bytes(rewrap(as_version_1(raw), len(packets), version=1), "000000.zst")
+    assert len(old) == len(packets)
+    for a, b in zip(old, packets):
+        assert np.array_equal(a.exec, b.exec) and np.array_equal(a.mem_value, b.mem_value)
+        assert np.array_equal(a.events, b.events) and a.reg_info.size == 0
+
+
+@pytest.mark.parametrize("real_chunk", ["10"], indirect=True)
+def test_qemu_10_chunk_has_named_register_records(real_chunk):
+    packets = decode_chunk_bytes(real_chunk, "000000.zst")
+    named = {int(e["v"][0]) for p in packets for e in p.events if e["kind"] == F.EV_REG_NAME}
+    numbers = {int(n) for p in packets for n in p.reg_info & F.REGINFO_NUMBER_MASK}
+    assert numbers and numbers <= named
 
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

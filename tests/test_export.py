@@ -12,7 +12,7 @@ import pytest
 
 from cannoli_db import Trace
 
-from .conftest import run_cannoli, symbol
+from .conftest import qemu_under_test, run_cannoli, symbol
 
 CHECKS = [
     "SELECT tid, count(*) AS n, sum(icount) AS insns, max(idx) AS last FROM exec GROUP BY tid ORDER BY tid",
@@ -108,6 +108,21 @@ def test_tenet_trace_has_each_instruction_and_the_known_store(guest, recorded, t
     assert len(lines) == counted and all(line.startswith("rip=0x") for line in lines)
     addr, _ = symbol(guest("known_stores"), "known_u32")
     assert sum(f"mw={addr:#x}:0df0feca" in line for line in lines) == 1  # 0xCAFEF00D, little-endian
+
+
+def test_tenet_trace_carries_register_deltas_from_qemu_10(guest, tmp_path):
+    program = guest("registers")
+    trace = tmp_path / "regs.cannoli"
+    assert run_cannoli("record", "-o", trace, "--qemu", qemu_under_test("10").bin_dir, program).returncode == 0
+    out = tmp_path / "regs.tenet"
+    assert run_cannoli("export", trace, "--format", "tenet", "-o", out).returncode == 0
+    lines = out.read_text().splitlines()
+    after_syscall, _ = symbol(program, "after_syscall")
+    (line,) = [line for line in lines if f"rip={after_syscall:#x}" in line]
+    # set by the block that made the syscall: a delta on the next block's first line
+    assert "rbx=0x1111111111111101," in line and "r15=0x111111111111110f," in line
+    assert all(name in lines[0] for name in ("rax=", "rsp=", "r15="))  # the first line: the whole state
+    assert sum("rbx=" in line for line in lines) < len(lines) / 10  # deltas, not a dump per line
 
 
 def test_export_refuses_to_overwrite_and_bad_parquet_dir(exported, tmp_path):

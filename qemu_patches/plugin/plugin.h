@@ -6,6 +6,9 @@
  *   plugin_exec.c     block translation and execution, exact instruction counts
  *   plugin_mem.c      memory accesses with their values
  *   plugin_syscall.c  syscalls, their string arguments, ordering segments
+ *   plugin_regs.c     registers at block entry (plugin API >= 2)
+ *   plugin_reg_writes.c  which registers a block may write (capstone)
+ *   plugin_compat.c   what differs between plugin API versions and keeps state
  */
 #ifndef CN_PLUGIN_H
 #define CN_PLUGIN_H
@@ -34,7 +37,10 @@ struct cn_tb {
     uint8_t *insn_size;     /* n_insns entries                                   */
     uint8_t *bytes;         /* n_bytes                                           */
     uint32_t *twin_id;      /* lazily: twin_id[k] = id of the k-instruction prefix */
-    uint64_t *hits;         /* block-end counter in the ring, or NULL: callback marker */
+    uint64_t *hits;         /* API 1: block-end counter in the ring                   */
+    bool end_counted;       /* a block-end counter counts the last instruction; else a
+                               callback marks it (plugin_compat.c)                     */
+    uint64_t reg_writes;    /* bit r: the block may write recorded register r        */
 };
 
 /* One guest thread (= one host thread in QEMU user mode). */
@@ -49,6 +55,10 @@ struct cn_thread {
     uint64_t segment_start;        /* first exec ordinal of the open segment     */
     uint64_t packet_seq;
     uint32_t pid, tid, parent_pid;
+    unsigned int vcpu;             /* QEMU's vCPU index of this thread            */
+    uint64_t *regs;                /* register values at the previous block entry  */
+    void *reg_buf;                 /* GByteArray QEMU reads registers into         */
+    bool regs_resync;              /* read every register at the next block entry */
     bool started;
 };
 
@@ -57,6 +67,8 @@ struct cn_config {
     struct cn_ring_header *ring;
     struct cn_lane_layout layout;
     bool record_mem;
+    bool record_regs;              /* wanted: regs=on (default on API >= 2)       */
+    bool regs_check;               /* regs=check: read all, count what the masks missed */
     uint64_t guest_base;
     bool guest_base_known;
     bool process_recorded;
@@ -112,6 +124,15 @@ CN_HIDDEN void cn_resolve_at_exit(struct cn_thread *t);
 /* plugin_mem.c */
 CN_HIDDEN void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
                         uint64_t vaddr, void *udata);
+
+/* plugin_regs.c */
+CN_HIDDEN void cn_regs_select(qemu_plugin_id_t id, unsigned int vcpu_index);
+CN_HIDDEN void cn_regs_emit_names(struct cn_thread *t);
+CN_HIDDEN void cn_regs_record(struct cn_thread *t, uint64_t wanted);
+/* plugin_reg_writes.c */
+CN_HIDDEN void cn_reg_writes_init(const char *const *names, unsigned int n);
+CN_HIDDEN uint64_t cn_reg_writes(const struct cn_tb *d);
+CN_HIDDEN void cn_regs_forget(struct cn_thread *t);
 
 /* plugin_syscall.c */
 CN_HIDDEN void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num,

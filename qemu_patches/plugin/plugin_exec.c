@@ -29,16 +29,17 @@
  * The exec entry is then rewritten to a *twin* block: the same pc with only
  * the instructions that ran, so every exec row's block has the exact count.
  *
- * Counters are shared by all threads (QEMU 7.2 has no per-vCPU inline ops),
- * and the inline add is a plain load-add-store: threads running the same block
- * at once lose updates, and a counter can look unchanged although the last
- * instruction ran.  Only a signal moves a thread from inside a block to a pc
- * outside it, and signals enter handlers that rt_sigaction installed
- * (plugin_syscall.c), so an unchanged counter counts as "cut short" only when
- * the next pc is such a handler (or the thread ends there).  The other way
- * round, a block cut short in one thread while another thread finishes the
- * same block at that moment is taken as finished.  Faults are rare and that
- * window is a few instructions wide; docs/format.md states it.
+ * With plugin API >= 2 the counters are per vCPU and exact (plugin_compat.c).
+ * With API 1 they are shared by all threads, and the inline add is a plain
+ * load-add-store: threads running the same block at once lose updates, and a
+ * counter can look unchanged although the last instruction ran.  Only a
+ * signal moves a thread from inside a block to a pc outside it, and signals
+ * enter handlers that rt_sigaction installed (plugin_syscall.c), so there an
+ * unchanged counter counts as "cut short" only when the next pc is such a
+ * handler (or the thread ends there).  The other way round, a block cut short
+ * in one thread while another thread finishes the same block at that moment
+ * is taken as finished.  Faults are rare and that window is a few
+ * instructions wide; docs/format.md states it.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -117,8 +118,8 @@ static uint16_t executed_insns(const struct cn_tb *d, uint32_t accessed, uint64_
             return (uint16_t)k;
         }
     }
-    if (!dying && !cn_may_be_signal_entry(next_pc)) {
-        return d->n_insns;
+    if (!dying && !cn_compat_exact_block_ends && !cn_may_be_signal_entry(next_pc)) {
+        return d->n_insns; /* API 1: the counter lost an update */
     }
     return (uint16_t)cn_fault_point(cn_cfg.target, d->pc, d->bytes, d->insn_size, d->n_insns, accessed);
 }
@@ -130,6 +131,7 @@ static void resolve_interrupted(struct cn_thread *t, uint64_t next_pc, bool dyin
     uint16_t ran = executed_insns(d, t->lane->cur_progress, next_pc, dying);
     uint64_t ordinal = t->exec_ord - 1;
     t->lane->cur_done = 1;
+    t->regs_resync = true; /* a fault: the signal frame changed registers no instruction did */
     if (ran >= d->n_insns) {
         return;
     }
@@ -154,7 +156,7 @@ static inline void record_exec(struct cn_thread *t, struct cn_lane_header *lane,
     lane->cur_done = d->n_insns == 1;
     lane->cur_progress = 0;
     lane->cur_block = d->block_id;
-    lane->cur_snap = d->hits ? *d->hits : 0;
+    lane->cur_snap = d->end_counted ? cn_compat_block_ends(d, t->vcpu) : 0;
     cn_count_set(lane, CN_SEC_EXEC, n + 1);
     t->cur = d;
     t->exec_ord++;
@@ -163,14 +165,16 @@ static inline void record_exec(struct cn_thread *t, struct cn_lane_header *lane,
 static inline bool prev_block_cut_short(const struct cn_thread *t)
 {
     const struct cn_tb *prev = t->cur;
-    return !t->lane->cur_done && prev && (!prev->hits || *prev->hits == t->lane->cur_snap);
+    return !t->lane->cur_done && prev &&
+           (!prev->end_counted || cn_compat_block_ends(prev, t->vcpu) == t->lane->cur_snap);
 }
 
 /* Everything but the common case: first event of a thread, a block that was
  * cut short, a segment to close, a full exec section. */
-static __attribute__((noinline)) void tb_exec_slow(const struct cn_tb *d)
+static __attribute__((noinline)) void tb_exec_slow(const struct cn_tb *d, unsigned int vcpu_index)
 {
     struct cn_thread *t = cn_thread_self();
+    t->vcpu = vcpu_index;
     if (prev_block_cut_short(t)) {
         resolve_interrupted(t, d->pc, false);
     }
@@ -189,14 +193,28 @@ static void vcpu_tb_exec(unsigned int vcpu_index, void *udata)
     const struct cn_tb *d = udata;
     struct cn_thread *t = &cn_self;
     struct cn_lane_header *lane = t->lane;
-    (void)vcpu_index;
-    if (CN_UNLIKELY(!lane || prev_block_cut_short(t) ||
+    cn_compat_block_start(vcpu_index);
+    if (CN_UNLIKELY(!lane || t->vcpu != vcpu_index || prev_block_cut_short(t) ||
                     t->exec_ord - t->segment_start >= CN_SEGMENT_BLOCKS ||
                     lane->count[CN_SEC_EXEC] == CN_CAP_EXEC)) {
-        tb_exec_slow(d);
+        tb_exec_slow(d, vcpu_index);
         return;
     }
     record_exec(t, lane, lane->count[CN_SEC_EXEC], d);
+}
+
+/* The same, and the registers that changed since the thread's previous block:
+ * those it may have written, or all of them where a signal may have entered. */
+static void vcpu_tb_exec_regs(unsigned int vcpu_index, void *udata)
+{
+    const struct cn_tb *d = udata;
+    const struct cn_tb *prev = cn_self.cur;
+    uint64_t wanted = prev ? prev->reg_writes : ~(uint64_t)0;
+    vcpu_tb_exec(vcpu_index, udata);
+    if (CN_UNLIKELY(cn_may_be_signal_entry(d->pc))) {
+        wanted = ~(uint64_t)0;
+    }
+    cn_regs_record(&cn_self, wanted);
 }
 
 static void vcpu_insn_last(unsigned int vcpu_index, void *udata)
@@ -209,6 +227,7 @@ static void vcpu_insn_last(unsigned int vcpu_index, void *udata)
 
 void cn_resolve_at_exit(struct cn_thread *t)
 {
+    cn_compat_block_start(t->vcpu);
     if (t->lane && prev_block_cut_short(t)) {
         resolve_interrupted(t, 0, true);
     }
@@ -250,6 +269,7 @@ static struct cn_tb *describe_block(struct qemu_plugin_tb *tb)
         off += got;
     }
     d->n_bytes = (uint16_t)off;
+    d->reg_writes = cn_cfg.record_regs ? cn_reg_writes(d) : 0;
     learn_guest_base(qemu_plugin_tb_get_insn(tb, 0));
     return d;
 }
@@ -258,7 +278,7 @@ static struct cn_tb *describe_block(struct qemu_plugin_tb *tb)
  * the executable and interpreter with it. */
 static void record_process(struct cn_thread *t, uint64_t first_pc)
 {
-    const char *path = qemu_plugin_path_to_binary();
+    const char *path = qemu_plugin_path_to_binary ? qemu_plugin_path_to_binary() : NULL;
     size_t len = path ? strnlen(path, CN_MAX_BLOB_ITEM) : 0;
     cn_lane_reserve(t, CN_SEC_BLOB, (uint32_t)len);
     cn_lane_reserve(t, CN_SEC_EVENT, 1);
@@ -267,9 +287,10 @@ static void record_process(struct cn_thread *t, uint64_t first_pc)
     memcpy((uint8_t *)cn_sec(lane, CN_SEC_BLOB) + off, path ? path : "", len);
     cn_count_set(lane, CN_SEC_BLOB, off + (uint32_t)len);
     struct cn_event *ev = cn_event_new(t, CN_EV_PROCESS, t->exec_ord);
-    ev->v[0] = qemu_plugin_start_code();
-    ev->v[1] = qemu_plugin_end_code();
-    ev->v[2] = qemu_plugin_entry_code();
+    /* 0 where this QEMU cannot say (qemu_plugin_api.h) */
+    ev->v[0] = qemu_plugin_start_code ? qemu_plugin_start_code() : 0;
+    ev->v[1] = qemu_plugin_end_code ? qemu_plugin_end_code() : 0;
+    ev->v[2] = qemu_plugin_entry_code ? qemu_plugin_entry_code() : 0;
     ev->v[3] = cn_cfg.guest_base;
     ev->v[4] = first_pc;
     ev->v[5] = off;
@@ -290,16 +311,20 @@ void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         cn_cfg.process_recorded = true;
         record_process(t, d->pc);
         cn_layout_logged();
+        cn_regs_emit_names(t);
     }
     emit_block_def(t, d, d->block_id, d->n_insns, 0);
 
-    qemu_plugin_register_vcpu_tb_exec_cb(tb, vcpu_tb_exec, QEMU_PLUGIN_CB_NO_REGS, d);
+    if (cn_cfg.record_regs) {
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, vcpu_tb_exec_regs, QEMU_PLUGIN_CB_R_REGS, d);
+    } else {
+        qemu_plugin_register_vcpu_tb_exec_cb(tb, vcpu_tb_exec, QEMU_PLUGIN_CB_NO_REGS, d);
+    }
     size_t last = d->n_insns - 1;
-    struct cn_ring_header *r = cn_cfg.ring;
-    if (last > 0 && d->block_id < r->hits_capacity) {
-        d->hits = &cn_ring_hits(r)[d->block_id];
-        cn_compat_insn_inline_add(qemu_plugin_tb_get_insn(tb, last), d->hits, 1);
-    } else if (last > 0) {
+    if (last > 0) {
+        cn_compat_count_block_end(tb, d);
+    }
+    if (last > 0 && !d->end_counted) {
         qemu_plugin_register_vcpu_insn_exec_cb(qemu_plugin_tb_get_insn(tb, last), vcpu_insn_last,
                                                QEMU_PLUGIN_CB_NO_REGS, (void *)(uintptr_t)last);
     }

@@ -152,6 +152,8 @@ uint64_t cn_segment_close(struct cn_thread *t, uint64_t end_ordinal)
     ev->seq = seq;
     cn_event_commit(t);
     t->segment_start = end_ordinal;
+    /* every segment (syscalls close one) reads all registers again */
+    t->regs_resync = true;
     return seq;
 }
 
@@ -181,6 +183,7 @@ void cn_thread_exit(struct cn_thread *t)
     ev->seq = cn_seq_next();
     cn_event_commit(t);
     cn_lane_publish(t, CN_PACKET_LAST);
+    cn_regs_forget(t);
 }
 
 /* A forked child inherits the ring mapping and this thread's variables, but

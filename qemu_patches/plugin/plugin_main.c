@@ -7,6 +7,12 @@
  *              created and initialised; see cannoli_ring.h).  Required.
  *     mem=on   record every memory access with its value (default);
  *     mem=off  blocks, syscalls and threads only.
+ *     regs=on  record registers at block entry (default with plugin API >= 2;
+ *              an error with API 1, which has no register access);
+ *     regs=off do not.
+ *     regs=check  record them, reading every register at every block, and
+ *              count the changes the written-register masks would have
+ *              missed (the ring's regs_missed): a test of plugin_reg_writes.c.
  *     layout_log=PATH  QEMU runs with "-d page -D PATH": it logs the guest's
  *              address space once the program is loaded, and then again after
  *              every guest mmap.  The plugin points that log at /dev/null when
@@ -87,6 +93,7 @@ static int parse_options(int argc, char **argv, int *fd)
 {
     *fd = -1;
     cn_cfg.record_mem = true;
+    cn_cfg.record_regs = CN_QEMU_PLUGIN_API >= 2;
     for (int i = 0; i < argc; i++) {
         char *eq = strchr(argv[i], '=');
         if (!eq) {
@@ -105,13 +112,23 @@ static int parse_options(int argc, char **argv, int *fd)
             if (parse_on_off(value, &cn_cfg.record_mem) != 0) {
                 return fail("mem must be on or off", argv[i]);
             }
+        } else if (keylen == 4 && strncmp(argv[i], "regs", 4) == 0) {
+            cn_cfg.regs_check = strcmp(value, "check") == 0;
+            if (!cn_cfg.regs_check && parse_on_off(value, &cn_cfg.record_regs) != 0) {
+                return fail("regs must be on, off or check", argv[i]);
+            }
+            cn_cfg.record_regs |= cn_cfg.regs_check;
+            if (cn_cfg.record_regs && CN_QEMU_PLUGIN_API < 2) {
+                return fail("regs=on needs QEMU >= 9.0 (plugin API >= 2); this plugin is for API 1",
+                            argv[i]);
+            }
         } else if (keylen == 10 && strncmp(argv[i], "layout_log", 10) == 0) {
             if (value[0] != '/' || strlen(value) >= PATH_MAX) {
                 return fail("layout_log must be an absolute path", argv[i]);
             }
             layout_log = value;
         } else {
-            return fail("unknown option (known: fd, mem, layout_log)", argv[i]);
+            return fail("unknown option (known: fd, mem, regs, layout_log)", argv[i]);
         }
     }
     if (*fd < 0) {
@@ -180,12 +197,15 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     snprintf(r->target, sizeof(r->target), "%s", info->target_name);
     r->plugin_api = CN_QEMU_PLUGIN_API;
     r->mem_enabled = cn_cfg.record_mem;
+    r->regs_state = CN_QEMU_PLUGIN_API < 2 ? CN_REGS_NO_API : cn_cfg.record_regs ? CN_REGS_UNSET : CN_REGS_OFF;
+    cn_compat_init();
     __atomic_store_n(&r->plugin_ready, 1, __ATOMIC_RELEASE);
 
     cn_lane_install_fork_handler();
     qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
     qemu_plugin_register_vcpu_syscall_cb(id, vcpu_syscall);
     qemu_plugin_register_vcpu_syscall_ret_cb(id, vcpu_syscall_ret);
+    qemu_plugin_register_vcpu_init_cb(id, cn_regs_select);
     qemu_plugin_register_vcpu_exit_cb(id, vcpu_exit);
     qemu_plugin_register_atexit_cb(id, plugin_atexit, NULL);
     return 0;

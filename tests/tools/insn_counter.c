@@ -27,7 +27,12 @@ void qemu_plugin_register_atexit_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t,
 size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *);
 struct qemu_plugin_insn *qemu_plugin_tb_get_insn(const struct qemu_plugin_tb *, size_t);
 
-__attribute__((visibility("default"))) int qemu_plugin_version = 1;
+/* The calls above are the same in plugin API 1 (QEMU 7.2) and 4 (QEMU 10);
+ * only the version a QEMU accepts differs: build with -DCOUNTER_API=4 for 10. */
+#ifndef COUNTER_API
+#define COUNTER_API 1
+#endif
+__attribute__((visibility("default"))) int qemu_plugin_version = COUNTER_API;
 
 static uint64_t count;
 static char out_path[4096];

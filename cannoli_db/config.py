@@ -1,0 +1,71 @@
+"""The user's settings file: which QEMU records, and whether registers are recorded.
+
+    # ~/.config/cannoli-db/config.toml   (or $CANNOLI_CONFIG)
+    qemu = "built"            # the QEMU 10 that `cannoli setup-qemu` built
+    # qemu = "/opt/qemu/bin"  # a directory of qemu-<arch> binaries, or one binary
+    regs = true               # record registers where the QEMU can (default)
+
+Command-line options win over the file; the file wins over PATH.  An unknown
+key or a wrong type is an error, so a typo never silently does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import CannoliError
+
+BUILT = "built"  # qemu = "built": the newest `cannoli setup-qemu` build
+KNOWN = {"qemu": str, "regs": bool}
+
+
+@dataclass(frozen=True)
+class Settings:
+    qemu: str | None = None
+    regs: bool | None = None
+    source: Path | None = None
+
+
+def config_path() -> Path:
+    explicit = os.environ.get("CANNOLI_CONFIG")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.expanduser("~/.config")
+    return Path(base) / "cannoli-db" / "config.toml"
+
+
+def load(path: Path | None = None) -> Settings:
+    path = path or config_path()
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return Settings()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CannoliError(f"cannot read the settings file {path}: {exc}") from None
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise CannoliError(f"{path}: not valid TOML ({exc}); fix or remove it") from None
+    for key, value in values.items():
+        if key not in KNOWN:
+            raise CannoliError(f"{path}: unknown setting {key!r} (known: {', '.join(KNOWN)})")
+        if not isinstance(value, KNOWN[key]):
+            raise CannoliError(f"{path}: {key} must be a {KNOWN[key].__name__}, not {value!r}")
+    return Settings(values.get("qemu"), values.get("regs"), path)
+
+
+def resolve_qemu(choice: str | None, arch: str) -> str | None:
+    """A --qemu or settings value as a path: "built" means the newest QEMU that
+    `cannoli setup-qemu` built for this architecture; None means PATH."""
+    if choice != BUILT:
+        return choice
+    from .recorder import qemu_build
+
+    build = qemu_build.find_build((arch,))
+    if build is None:
+        raise CannoliError(f"qemu = \"built\", but `cannoli setup-qemu` has built no qemu-{arch} yet: "
+                           f"run `cannoli setup-qemu --targets {arch}`")
+    return str(build.bin_dir / f"qemu-{arch}")
