@@ -102,6 +102,8 @@ def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptio
     if qemu.has_registers:
         regs = "check" if opts.regs_check else "off" if opts.record_regs is False else "on"
         plugin_arg += f",regs={regs}"
+        if qemu.computes_x86_flags and regs != "off":
+            plugin_arg += ",x86_flags=on"
     log = (trace_dir / layout_log.LOG_NAME).resolve()
     logging = layout_log.qemu_args(log, opts.qemu_options)
     if logging:

@@ -55,6 +55,12 @@ def test_registers_hold_the_constants_loaded_before_a_syscall(guest, cross_guest
         assert {name: regs[name] for name in constants} == constants
         assert regs[result_reg] == len(MESSAGE)  # write's return value: the bytes the guest printed
         assert regs["pc"] == after_syscall
+        if arch == "x86_64":
+            # the built QEMU computes x86 flags for plugins (qemu_patches/0002): the
+            # recorded eflags equal what the guest's own pushfq stored, carry set
+            flags_at, _ = symbol(program, "flags_seen")
+            (pushed,) = t.sql("SELECT value FROM mem WHERE is_write AND addr = $a", {"a": flags_at}).rows[0]
+            assert regs["eflags"] == pushed and pushed & 1
         # the named query is what registers_at runs; the CLI shows the same rows
         rows = json.loads(run_cannoli("query", trace, "registers_at", "-p", f"at={at}", "--format", "json").stdout)
     assert {r["reg"]: r["value"] for r in rows if r["reg"] in constants} == constants
@@ -62,7 +68,8 @@ def test_registers_hold_the_constants_loaded_before_a_syscall(guest, cross_guest
 
 def test_registers_at_the_entry_point_are_the_abi_start_state(guest, tmp_path, qemu10):
     # the x86_64 ELF ABI starts a static program with zeroed registers and rsp at
-    # the stack QEMU's loader built (its page log names it, start_stack)
+    # the stack QEMU's loader built (its page log names it, start_stack); eflags
+    # holds only the always-one bit 1 and IF, as in every user-mode process
     program = guest("registers")
     trace = record_registers(program, tmp_path, qemu10.bin_dir)
     with open(program, "rb") as f:
@@ -70,9 +77,9 @@ def test_registers_at_the_entry_point_are_the_abi_start_state(guest, tmp_path, q
     with Trace.open(trace) as t:
         regs = t.registers_at(0)
         start_stack = t.meta["initial_layout"]["start_stack"]
-    assert regs["pc"] == entry and regs["rsp"] == start_stack
-    assert {name: value for name, value in regs.items() if name not in ("pc", "rsp")} == {
-        name: 0 for name in regs if name not in ("pc", "rsp")}
+    assert regs["pc"] == entry and regs["rsp"] == start_stack and regs["eflags"] == 0x202
+    others = {name: value for name, value in regs.items() if name not in ("pc", "rsp", "eflags")}
+    assert len(others) == 16 and set(others.values()) == {0}
 
 
 def test_registers_are_stored_as_changes_and_replayed(guest, tmp_path, qemu10):

@@ -69,6 +69,7 @@ struct cn_config {
     bool record_mem;
     bool record_regs;              /* wanted: regs=on (default on API >= 2)       */
     bool regs_check;               /* regs=check: read all, count what the masks missed */
+    bool x86_flags;                /* x86_flags=on: this QEMU computes eflags for plugins */
     uint64_t guest_base;
     bool guest_base_known;
     bool process_recorded;

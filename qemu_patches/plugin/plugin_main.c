@@ -13,6 +13,8 @@
  *     regs=check  record them, reading every register at every block, and
  *              count the changes the written-register masks would have
  *              missed (the ring's regs_missed): a test of plugin_reg_writes.c.
+ *     x86_flags=on  record x86 eflags too: only for a QEMU whose eflags
+ *              read computes the lazy flags (qemu_patches/0002; default off).
  *     layout_log=PATH  QEMU runs with "-d page -D PATH": it logs the guest's
  *              address space once the program is loaded, and then again after
  *              every guest mmap.  The plugin points that log at /dev/null when
@@ -122,13 +124,17 @@ static int parse_options(int argc, char **argv, int *fd)
                 return fail("regs=on needs QEMU >= 9.0 (plugin API >= 2); this plugin is for API 1",
                             argv[i]);
             }
+        } else if (keylen == 9 && strncmp(argv[i], "x86_flags", 9) == 0) {
+            if (parse_on_off(value, &cn_cfg.x86_flags) != 0) {
+                return fail("x86_flags must be on or off", argv[i]);
+            }
         } else if (keylen == 10 && strncmp(argv[i], "layout_log", 10) == 0) {
             if (value[0] != '/' || strlen(value) >= PATH_MAX) {
                 return fail("layout_log must be an absolute path", argv[i]);
             }
             layout_log = value;
         } else {
-            return fail("unknown option (known: fd, mem, regs, layout_log)", argv[i]);
+            return fail("unknown option (known: fd, mem, regs, x86_flags, layout_log)", argv[i]);
         }
     }
     if (*fd < 0) {

@@ -30,8 +30,10 @@ static csh handle;
 static bool usable;
 static int16_t *recorded_of; /* capstone register id -> register number, or -1 */
 static unsigned n_ids;
-/* aarch64 cpsr: read at every block.  QEMU's cpsr holds more than NZCV (BTYPE
- * among others), which moves without an instruction capstone says writes it */
+/* The flags register (aarch64 cpsr, x86 eflags) is read at every block: it
+ * changes at almost every block anyway, QEMU's cpsr holds more than NZCV
+ * (BTYPE among others), and capstone 4 misses flag writes of some instructions
+ * (regs=check counted them) */
 static int flags_reg = -1;
 
 /* x86 sub-registers whose names do not contain the full register's */
@@ -99,8 +101,8 @@ void cn_reg_writes_init(const char *const *names, unsigned n)
             }
         }
     }
-    for (unsigned r = 0; a64 && r < n; r++) {
-        if (strcmp(names[r], "cpsr") == 0) {
+    for (unsigned r = 0; r < n; r++) {
+        if (strcmp(names[r], "cpsr") == 0 || strcmp(names[r], "eflags") == 0) {
             flags_reg = (int)r;
         }
     }

@@ -30,10 +30,11 @@
 #if CN_QEMU_PLUGIN_API >= 2
 
 /* gdb register names, per QEMU target, in the order they are numbered.
- * Not x86's eflags: TCG keeps x86 flags lazily (cc_op, cc_src, ...) and folds
- * them into eflags only when it leaves the CPU loop, so a read from a plugin
- * callback returns stale flags.  The other targets' flag registers (cpsr) are
- * computed from live TCG state when read. */
+ * x86's eflags only with x86_flags=on: TCG keeps x86 flags lazily (cc_op,
+ * cc_src, ...) and folds them into eflags only when it leaves the CPU loop, so
+ * a stock QEMU hands a plugin stale flags; qemu_patches/0002 makes QEMU
+ * compute them, and the recorder turns the option on for such a QEMU.  The
+ * other targets' flag registers (cpsr) are computed from live state when read. */
 static const char *const x86_64_regs[] = {
     "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10",
     "r11", "r12", "r13", "r14", "r15", "fs_base", NULL,
@@ -86,6 +87,20 @@ static const char *const *wanted_names(const char *target)
     return NULL;
 }
 
+/* Record the register QEMU lists under this name, if it lists one. */
+static void add_register(const GArray *all, const char *name)
+{
+    const qemu_plugin_reg_descriptor *desc = (const qemu_plugin_reg_descriptor *)all->data;
+    for (unsigned int i = 0; i < all->len; i++) {
+        if (strcmp(desc[i].name, name) == 0) {
+            handles[n_regs] = desc[i].handle;
+            names[n_regs] = desc[i].name; /* QEMU's string: lives as long as QEMU */
+            n_regs++;
+            return;
+        }
+    }
+}
+
 /* vcpu_init of the first vCPU: QEMU's register list exists only in vCPU context. */
 void cn_regs_select(qemu_plugin_id_t id, unsigned int vcpu_index)
 {
@@ -95,17 +110,12 @@ void cn_regs_select(qemu_plugin_id_t id, unsigned int vcpu_index)
     }
     selected = true;
     GArray *all = qemu_plugin_get_registers();
-    const qemu_plugin_reg_descriptor *desc = (const qemu_plugin_reg_descriptor *)all->data;
     const char *const *want = wanted_names(cn_cfg.target);
     for (size_t w = 0; want && want[w] && n_regs < CN_MAX_REGS - 1u; w++) {
-        for (unsigned int i = 0; i < all->len; i++) {
-            if (strcmp(desc[i].name, want[w]) == 0) {
-                handles[n_regs] = desc[i].handle;
-                names[n_regs] = desc[i].name; /* QEMU's string: lives as long as QEMU */
-                n_regs++;
-                break;
-            }
-        }
+        add_register(all, want[w]);
+    }
+    if (cn_cfg.x86_flags && n_regs < CN_MAX_REGS - 1u) {
+        add_register(all, "eflags");
     }
     g_array_free(all, 1);
     cn_reg_writes_init(names, n_regs);

@@ -4,7 +4,9 @@
  *
  * x86_64: rbx, rbp, r8-r10, r12-r15 hold CONSTANT(k) when `write` is entered;
  * the kernel (QEMU) preserves them, and puts the return value in rax, the
- * address of `after_syscall` in rcx.  aarch64: x19-x28 hold CONSTANT(k) and
+ * address of `after_syscall` in rcx; the carry flag, set right before the
+ * syscall, survives it, and the guest's own pushfq at `after_syscall` stores
+ * its flags to `flags_seen`.  aarch64: x19-x28 hold CONSTANT(k) and
  * the return value comes back in x0.  Registers are recorded at block entry,
  * so the tests read them at `after_syscall`, the first instruction of the
  * block after the syscall.
@@ -12,6 +14,7 @@
 #include <stdio.h>
 
 static const char message[] = "registers loaded\n";
+volatile unsigned long flags_seen;
 
 int main(void)
 {
@@ -29,12 +32,14 @@ int main(void)
         "mov $0x111111111111110f, %%r15\n"
         "mov $1, %%eax\n"              /* write(1, message, sizeof message - 1) */
         "mov $1, %%edi\n"
+        "stc\n"
         "syscall\n"
         ".globl after_syscall\n"
         "after_syscall:\n"
-        "nop\n"
+        "pushfq\n"
+        "popq %[seen]\n"
         "pop %%rbp\n"
-        :
+        : [seen] "=m"(flags_seen)
         : "S"(message), "d"(sizeof message - 1)
         : "rax", "rbx", "rcx", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
           "r15", "memory");
