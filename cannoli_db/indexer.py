@@ -37,11 +37,6 @@ DB_NAME = "trace.duckdb"
 INSERT_BATCH_ROWS = 4_000_000
 DUCKDB_MEMORY_LIMIT = "2GB"  # DuckDB spills beyond this; keeps the index's memory bounded
 
-# For traces whose meta.json predates regs_unavailable (they are all plugin API 1)
-REGS_UNAVAILABLE = (
-    "QEMU plugin API {api} (QEMU {qemu}) gives plugins no register access; "
-    "registers need plugin API >= 2 (QEMU >= 9.0)"
-)
 # Where an event's blob lies: (offset, length) value indices, by event kind
 _BLOB_FIELDS = {F.EV_BLOB: (1, 2), F.EV_REG_NAME: (1, 2), F.EV_PROCESS: (5, 6)}
 
@@ -452,7 +447,8 @@ def _load_meta(con, meta: dict, **index_facts) -> None:
     entries.update(
         index_facts,
         schema_version=schema.SCHEMA_VERSION,
-        regs_unavailable=meta["regs_unavailable"] if "regs_unavailable" in meta else REGS_UNAVAILABLE.format(
-            api=meta.get("plugin_api"), qemu=meta.get("qemu_version")),
+        # a meta.json older than the key is from plugin API 1, which has no register access
+        regs_unavailable=meta["regs_unavailable"] if "regs_unavailable" in meta else tracedir.regs_unavailable(
+            tracedir.REGS_NO_API, meta),
     )
     con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in sorted(entries.items())])

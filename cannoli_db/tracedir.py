@@ -71,6 +71,26 @@ def _refuse_if_recording(path: Path) -> None:
                            f"wait for it, stop it, or choose another directory with -o DIR")
 
 
+# The plugin's regs_state (enum cn_regs_state, cannoli_ring.h) and why a trace
+# has no registers in each state.
+REGS_RECORDED, REGS_NO_API = 1, 3
+_REGS_REASONS = {
+    0: "the plugin did not start",
+    2: "registers were not asked for (--no-regs)",
+    3: "QEMU {qemu} (plugin API {api}) gives plugins no register access; registers need QEMU >= 9.0: "
+       "build one with `cannoli setup-qemu`",
+    4: "QEMU {qemu} offered none of the registers Cannoli DB records for this architecture",
+}
+
+
+def regs_unavailable(state: int, meta: dict) -> str | None:
+    """Why the trace has no registers, in words; None when it has them."""
+    if state == REGS_RECORDED:
+        return None
+    reason = _REGS_REASONS.get(state, "unknown register state {state}")
+    return reason.format(qemu=meta.get("qemu_version"), api=meta.get("plugin_api"), state=state)
+
+
 def write_meta(path: Path, meta: dict) -> None:
     tmp = path / f".{META_NAME}.tmp"
     with open(tmp, "w") as f:

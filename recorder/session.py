@@ -99,8 +99,8 @@ class _Interrupts:
 def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptions,
                   guest: guest_binary.GuestBinary, trace_dir: Path) -> list[str]:
     plugin_arg = f"{plugin},fd={ring.fd},mem={'on' if opts.record_mem else 'off'}"
-    if qemu.has_registers:
-        regs = "check" if opts.regs_check else "off" if opts.record_regs is False else "on"
+    regs = _regs_mode(opts, qemu)
+    if regs:
         plugin_arg += f",regs={regs}"
         if qemu.computes_x86_flags and regs != "off":
             plugin_arg += ",x86_flags=on"
@@ -115,6 +115,13 @@ def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptio
     # -0 keeps the guest's argv[0] as the user typed it
     cmd += ["-0", opts.program, guest.path, *opts.args]
     return cmd
+
+
+def _regs_mode(opts: RecordOptions, qemu: native.Qemu) -> str | None:
+    """The plugin's regs option: on, off or check; None where QEMU has no register access."""
+    if not qemu.has_registers:
+        return None
+    return "check" if opts.regs_check else "off" if opts.record_regs is False else "on"
 
 
 def _initial_meta(opts: RecordOptions, guest, qemu: native.Qemu) -> dict:
@@ -132,7 +139,7 @@ def _initial_meta(opts: RecordOptions, guest, qemu: native.Qemu) -> dict:
         "qemu_version": ".".join(map(str, qemu.version)),
         "plugin_api": qemu.plugin_api,
         "record_mem": opts.record_mem,
-        "record_regs": qemu.has_registers and (opts.record_regs is not False or opts.regs_check),
+        "record_regs": _regs_mode(opts, qemu) in ("on", "check"),
         "regs_check": opts.regs_check,
         "qemu_options": opts.qemu_options,
         "start_time": _now(),
@@ -293,7 +300,7 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
         qemu_target=header["target"].decode(errors="replace"),
         guest_base=header["guest_base"],
         regs_recorded=header["regs_recorded"],
-        regs_unavailable=regs_unavailable(header["regs_state"], meta),
+        regs_unavailable=tracedir.regs_unavailable(header["regs_state"], meta),
         regs_missed=header["regs_missed"] if meta.get("regs_check") else None,
         counts={
             "instructions": instructions,
@@ -327,24 +334,6 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
         producer_waits=header["producer_waits"],
         meta=meta,
     )
-
-
-# Why a trace has no registers, by the plugin's regs_state (cannoli_ring.h).
-_REGS_REASONS = {
-    0: "the plugin did not start",
-    2: "registers were not asked for (--no-regs)",
-    3: "QEMU {qemu} (plugin API {api}) gives plugins no register access; registers need QEMU >= 9.0: "
-       "build one with `cannoli setup-qemu`",
-    4: "QEMU {qemu} offered none of the registers Cannoli DB records for this architecture",
-}
-
-
-def regs_unavailable(state: int, meta: dict) -> str | None:
-    """Why the trace has no registers, in words; None when it has them."""
-    if state == 1:
-        return None
-    reason = _REGS_REASONS.get(state, "unknown register state {state}")
-    return reason.format(qemu=meta.get("qemu_version"), api=meta.get("plugin_api"), state=state)
 
 
 def summary(result: RecordResult) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cannoli_db import format as F
+from cannoli_db import tracedir
 from cannoli_db.recorder.ring import RING_HEADER_DTYPE
 
 HEADERS = Path(__file__).parent.parent / "qemu_patches"
@@ -45,6 +46,7 @@ CONSTANTS = {
     "CN_SEC_REG_VALUE": F.SEC_REG_VALUE, "CN_SEC_REG_INFO": F.SEC_REG_INFO, "CN_CAP_REG": F.CAP_REG,
     "CN_REGINFO_NUMBER_MASK": F.REGINFO_NUMBER_MASK, "CN_REGINFO_LINK_SHIFT": F.REGINFO_LINK_SHIFT,
     "CN_MAX_REGS": F.MAX_REGS, "CN_EV_REG_NAME": F.EV_REG_NAME,
+    "CN_REGS_RECORDED": tracedir.REGS_RECORDED, "CN_REGS_NO_API": tracedir.REGS_NO_API,
 }
 
 MAGICS = {"CN_CHUNK_MAGIC": F.CHUNK_MAGIC, "CN_PACKET_MAGIC": F.PACKET_MAGIC, "CN_RING_MAGIC": F.RING_MAGIC}
