@@ -40,6 +40,7 @@ import numpy as np
 
 from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
+from .query.database import connect
 
 COLUMNS = {
     "exec": ["idx", "tid", "block_id", "pc", "icount"],
@@ -96,11 +97,11 @@ _ARCH = "x86_64"
 _DISASM: Disassembler | None = None
 
 
-def _worker_init(db: str, arch: str, module_dir: str | None) -> None:
+def _worker_init(trace: str, arch: str, module_dir: str | None) -> None:
     global _CON, _ARCH
     if module_dir and module_dir not in sys.path:
         sys.path.insert(0, module_dir)  # so the analysis class unpickles here too
-    _CON = duckdb.connect(db, read_only=True, config={"enable_external_access": False, "threads": 1})
+    _CON = connect(Path(trace), threads=1)
     _ARCH = arch
 
 
@@ -134,11 +135,11 @@ def chunk_bounds(total: int, events: int) -> list[tuple[int, int]]:
 def run(trace, analysis: Analysis, workers: int = 0) -> Any:
     if not isinstance(analysis, Analysis):
         raise CannoliError("analyze() takes an instance of a cannoli_db.Analysis subclass")
-    total = int(trace.meta.get("index_instructions") or 0)
+    total = trace.end
     counts = trace.meta.get("counts", {})
     events = int(counts.get("blocks_executed", 0)) + int(counts.get("mem_events", 0))
     workers = workers or multiprocessing.cpu_count()
-    db = str(Path(trace.path) / "trace.duckdb")
+    db = str(trace.path)
     bounds = chunk_bounds(total, events)
     context = multiprocessing.get_context("spawn")
     try:

@@ -90,7 +90,7 @@ def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroo
 
 
 def _index(trace: Path) -> None:
-    from .indexer import index_trace
+    from .index import index_trace
 
     result = index_trace(trace)
     state = "complete" if result.complete else f"INCOMPLETE: {result.problem or 'the recording did not finish'}"
@@ -120,7 +120,7 @@ def info(trace, fmt):
 
     Example: cannoli info app.cannoli --format json
     """
-    from .trace_info import describe
+    from .query.info import describe
 
     facts = describe(trace)
     if fmt == "json":
@@ -130,7 +130,7 @@ def info(trace, fmt):
 
 
 def _open(trace: Path):
-    from .trace import Trace
+    from .query import Trace
 
     return Trace.open(trace)
 
@@ -156,7 +156,7 @@ def sql(trace, query, parquet_dir, fmt):
         query = sys.stdin.read()
     if parquet_dir is not None:
         from .export import parquet_connection
-        from .trace import Trace
+        from .query import Trace
 
         t = Trace(parquet_dir, parquet_connection(parquet_dir))
     elif trace is None:
@@ -215,7 +215,7 @@ def query(trace, name, params, list_queries, fmt):
 
     Example: cannoli query app.cannoli who_wrote -p addr=counter -p size=8
     """
-    from . import named_queries
+    from .query import named as named_queries
 
     if list_queries:
         rows = [(q.name, q.area, q.purpose, " ".join(_param_usage(p) for p in q.params), q.example)
@@ -307,7 +307,7 @@ def memory(trace, address, length, at, fmt):
     from .hexdump import hexdump
 
     with _open(trace) as t:
-        at = int(t.meta.get("index_instructions") or 0) if at is None else at
+        at = t.end if at is None else at
         image = t.memory_at(at, address, length)
     if fmt == "json":
         click.echo(json.dumps({"addr": image.addr, "at": image.at, "bytes": list(image.values)}))

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import duckdb
 
-from . import schema
+from . import schema, tracedir
 from .errors import CannoliError
-from .indexer import DB_NAME, DUCKDB_MEMORY_LIMIT
+from .query.database import connect
 from .replay import check_range, window_insns, window_mem, window_regs
 
 WINDOW = 1 << 20  # positions per Tenet window
@@ -36,16 +36,16 @@ WINDOW = 1 << 20  # positions per Tenet window
 SPAN = 1 << 24            # positions per partition of exec and mem
 ROW_GROUP = 1 << 20       # rows per Parquet row group
 PARTITIONED = {"exec": "idx", "mem": "idx"}
-SKIPPED = {"mem_by_addr"}  # an access path of the index, rebuilt from mem
+BULK = ("exec", "mem", "regs", "regs_keys")  # views over the trace's own Parquet store
+SKIPPED = {"mem_pages", "exec_blocks", "parts"}  # access paths of the index, not data
 PC_REGISTER = {"x86_64": "rip", "i386": "eip", "aarch64": "pc", "arm": "pc", "riscv64": "pc", "mipsel": "pc"}
 
 
-def _connect(trace: Path) -> duckdb.DuckDBPyConnection:
-    db = Path(trace) / DB_NAME
-    if not db.exists():
+def _connect(trace: Path, out: Path) -> duckdb.DuckDBPyConnection:
+    if not (Path(trace) / tracedir.DB_NAME).exists():
+        tracedir.read_meta(trace)
         raise CannoliError(f"{trace} has no index yet; build it with: cannoli index {trace}")
-    # DuckDB spills past its memory limit: an export's memory does not grow with the trace
-    return duckdb.connect(str(db), read_only=True, config={"memory_limit": DUCKDB_MEMORY_LIMIT})
+    return connect(trace, writable=(out if out.is_dir() else out.parent,))
 
 
 def _prepare_out(out: Path, is_dir: bool) -> None:
@@ -63,8 +63,9 @@ def export_parquet(trace: Path, out: Path) -> dict[str, int]:
     out = Path(out)
     _prepare_out(out, is_dir=True)
     rows = {}
-    with _connect(trace) as con:
-        tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall() if t not in SKIPPED]
+    with _connect(trace, out) as con:
+        tables = [t for (t,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()
+                  if t not in SKIPPED] + list(BULK)
         for table in sorted(tables):
             rows[table] = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
             if table in PARTITIONED:
@@ -102,7 +103,7 @@ def export_drcov(trace: Path, out: Path) -> tuple[int, int]:
     """Write a drcov v2 file; returns (modules, blocks)."""
     out = Path(out)
     _prepare_out(out, is_dir=False)
-    with _connect(trace) as con:
+    with _connect(trace, out) as con:
         modules = con.execute("SELECT start, \"end\", path FROM modules ORDER BY pid, start").fetchall()
         blocks = con.execute("""
             SELECT m.id, (b.pc - m.start)::UINTEGER, b.size::USMALLINT
@@ -132,7 +133,7 @@ def export_tenet(trace, out: Path, tid: int | None = None) -> int:
             raise CannoliError("the trace has no thread to export")
         tid = rows[0][0]
     register = PC_REGISTER.get(trace.meta.get("arch"), "pc")
-    total = int(trace.meta.get("index_instructions") or 0)
+    total = trace.end
     check_range(trace, 0, total, tid)
     written = 0
     tmp = out.with_name(f".{out.name}.tmp")

@@ -1,17 +1,21 @@
-"""The record format, mirrored from qemu_patches/cannoli_format.h.
+"""The record format, mirrored from qemu_patches/cannoli_format.h and
+cannoli_ring.h.
 
-This is the only Python definition of the on-disk layout.  tests/test_format.py
-compiles a probe against the C header and checks every size, offset, magic and
-capacity here against it.  docs/format.md describes the format in prose.
+This is the only Python definition of the record layout (chunks, packets,
+events, the shared-memory ring).  tests/test_format.py compiles a probe against
+the C headers and checks every struct, offset and `CN_` constant here against
+them.  docs/format.md describes the format in prose; the Parquet store that
+holds the heavy sections after conversion is defined in cannoli_db/store.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-FORMAT_VERSION = 2
-# Versions a reader accepts: 1 lacks the two REG sections (a 9-count header).
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+# Versions a reader accepts: 2 has seq-ordered segments and one frame per chunk,
+# 1 also lacks the two REG sections (a 9-count packet header).
+READABLE_VERSIONS = (1, 2, 3)
 
 CHUNK_MAGIC = b"CNDBCHNK"
 PACKET_MAGIC = b"CNDBPAKT"
@@ -21,8 +25,15 @@ RING_MAGIC = b"CNDBRING"
 SEC_EXEC, SEC_MEM_ADDR, SEC_MEM_VALUE, SEC_MEM_INFO, SEC_EVENT = 0, 1, 2, 3, 4
 SEC_BLOCK, SEC_INSN_SIZE, SEC_INSN_BYTES, SEC_BLOB = 5, 6, 7, 8
 SEC_REG_VALUE, SEC_REG_INFO = 9, 10
-NSECTIONS = 11
+SEC_PAGE = 11
+NSECTIONS = 12
 NSECTIONS_V1 = 9
+NSECTIONS_V2 = 11
+# Sections stored in a version-3 chunk's side frame; the others are heavy.
+SIDE_SECTIONS = ((1 << SEC_EVENT) | (1 << SEC_BLOCK) | (1 << SEC_INSN_SIZE) | (1 << SEC_INSN_BYTES) | (1 << SEC_BLOB)
+                 | (1 << SEC_PAGE))
+SIDE = tuple(s for s in range(NSECTIONS) if SIDE_SECTIONS >> s & 1)
+HEAVY = tuple(s for s in range(NSECTIONS) if not SIDE_SECTIONS >> s & 1)
 
 CAP_EXEC = 65536
 CAP_MEM = 65536
@@ -32,9 +43,13 @@ CAP_INSN_SIZE = 65536
 CAP_INSN_BYTES = 262144
 CAP_BLOB = 262144
 CAP_REG = 65536
+CAP_PAGE = 65536
 MAX_BLOCK_INSNS = 512
 MAX_BLOB_ITEM = 4096
 MAX_CHUNK_RAW = 256 * 1024 * 1024
+
+PAGE_SHIFT = 12
+LINE_SHIFT = 6
 
 MEMINFO_SHIFT_MASK = 0x7
 MEMINFO_STORE = 1 << 3
@@ -45,6 +60,9 @@ MEMINFO_LINK_SHIFT = 14
 
 REGINFO_NUMBER_MASK = 0xFF
 REGINFO_LINK_SHIFT = 8
+REGINFO_LINK_MASK = 0x3FFFFF
+REGINFO_CHANGED = 1 << 30
+REGINFO_KEYFRAME = 1 << 31
 MAX_REGS = 64
 
 EV_THREAD_START = 1
@@ -65,9 +83,10 @@ BLOCK_TWIN = 1
 
 PACKET_SALVAGED = 1
 PACKET_LAST = 2
+PACKET_CONTINUES = 4
 
-# An event ordinal of all ones: before the thread's first block (a fork child's
-# return from fork).
+CHUNK_HEAVY_IN_STORE = 1
+
 ORDINAL_BEFORE_FIRST = 0xFFFF_FFFF_FFFF_FFFF
 
 EVENT_DTYPE = np.dtype(
@@ -94,6 +113,18 @@ BLOCK_DTYPE = np.dtype(
     align=True,
 )
 
+PAGE_DTYPE = np.dtype(
+    [
+        ("page", "<u8"),
+        ("read_lines", "<u8"),
+        ("written_lines", "<u8"),
+        ("first", "<u4"),
+        ("last", "<u4"),
+    ],
+    align=True,
+)
+
+
 def _packet_header_dtype(nsections: int) -> np.dtype:
     return np.dtype(
         [
@@ -109,8 +140,8 @@ def _packet_header_dtype(nsections: int) -> np.dtype:
             ("cur_done", "<u4"),
             ("cur_progress", "<u4"),
             ("cur_accessed", "<u4"),
-            ("reserved0", "<u4"),
-            ("reserved1", "<u8"),
+            ("stream", "<u4"),      # versions 1-2: reserved, 0
+            ("seg_insns", "<u8"),   # versions 1-2: reserved, 0
         ],
         align=True,
     )
@@ -118,9 +149,33 @@ def _packet_header_dtype(nsections: int) -> np.dtype:
 
 PACKET_HEADER_DTYPE = _packet_header_dtype(NSECTIONS)
 # The packet header of each readable format version.
-PACKET_HEADER_DTYPES = {1: _packet_header_dtype(NSECTIONS_V1), 2: PACKET_HEADER_DTYPE}
+PACKET_HEADER_DTYPES = {1: _packet_header_dtype(NSECTIONS_V1), 2: _packet_header_dtype(NSECTIONS_V2),
+                        3: PACKET_HEADER_DTYPE}
 
 CHUNK_HEADER_DTYPE = np.dtype(
+    [
+        ("magic", "S8"),
+        ("version", "<u2"),
+        ("header_size", "<u2"),
+        ("n_packets", "<u4"),
+        ("chunk_seq", "<u8"),
+        ("side_size", "<u8"),
+        ("side_raw", "<u8"),
+        ("heavy_size", "<u8"),
+        ("heavy_raw", "<u8"),
+        ("side_crc32", "<u4"),
+        ("heavy_crc32", "<u4"),
+        ("flags", "<u4"),
+        ("header_crc32", "<u4"),
+        ("n_exec", "<u8"),
+        ("n_mem", "<u8"),
+        ("n_event", "<u8"),
+    ],
+    align=True,
+)
+
+# Versions 1-2: one frame of whole packets after a 72-byte header.
+CHUNK_HEADER_DTYPE_V2 = np.dtype(
     [
         ("magic", "S8"),
         ("version", "<u2"),
@@ -151,6 +206,7 @@ SECTION_DTYPES = (
     np.dtype("u1"),
     np.dtype("<u8"),
     np.dtype("<u4"),
+    PAGE_DTYPE,
 )
 SECTION_CAPACITY = (
     CAP_EXEC,
@@ -164,6 +220,7 @@ SECTION_CAPACITY = (
     CAP_BLOB,
     CAP_REG,
     CAP_REG,
+    CAP_PAGE,
 )
 SECTION_NAMES = (
     "exec",
@@ -177,4 +234,61 @@ SECTION_NAMES = (
     "blob",
     "reg_value",
     "reg_info",
+    "page",
+)
+
+
+# ---- the shared-memory ring (qemu_patches/cannoli_ring.h) --------------------
+
+RING_VERSION = 4
+LANE_FREE, LANE_OWNED, LANE_FULL = 0, 1, 2
+HITS_CAPACITY = 4 * 1024 * 1024
+# enum cn_regs_state: why registers are or are not recorded
+REGS_UNSET, REGS_RECORDED, REGS_OFF, REGS_NO_API, REGS_NONE_KNOWN = 0, 1, 2, 3, 4
+
+RING_HEADER_DTYPE = np.dtype(
+    [
+        ("magic", "S8"),
+        ("version", "<u4"),
+        ("format_version", "<u4"),
+        ("n_lanes", "<u4"),
+        ("recorder_pid", "<u4"),
+        ("lane_stride", "<u8"),
+        ("next_idx", "<u8"),
+        ("next_block_id", "<u8"),
+        ("guest_base", "<u8"),
+        ("plugin_api", "<u4"),
+        ("plugin_ready", "<u4"),
+        ("producer_waits", "<u8"),
+        ("lanes_published", "<u8"),
+        ("stop", "<u4"),
+        ("mem_enabled", "<u4"),
+        ("target", "S32"),
+        ("hits_offset", "<u8"),
+        ("hits_capacity", "<u8"),
+        ("regs_recorded", "<u4"),
+        ("regs_state", "<u4"),
+        ("regs_missed", "<u8"),
+        ("next_stream", "<u8"),
+        ("reserved", "<u8", (3,)),
+    ]
+)
+
+LANE_HEADER_DTYPE = np.dtype(
+    [
+        ("state", "<u4"),
+        ("flags", "<u4"),
+        ("pid", "<u4"),
+        ("tid", "<u4"),
+        ("packet_seq", "<u8"),
+        ("exec_first", "<u8"),
+        ("count", "<u4", (NSECTIONS,)),
+        ("cur_done", "<u4"),
+        ("cur_progress", "<u4"),
+        ("cur_block", "<u4"),
+        ("stream", "<u4"),
+        ("cur_snap", "<u8"),
+        ("seg_insns", "<u8"),
+    ],
+    align=True,
 )

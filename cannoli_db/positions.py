@@ -1,43 +1,38 @@
-"""Global instruction positions (idx) from per-thread streams.
+"""Global instruction positions (idx) and exact instruction counts: the one
+place that turns a recording's streams into positions.  The recorder's summary
+(`counts.instructions`) and the index both call it.
 
-Each thread's stream is a sequence of executed blocks (exec ordinals 0, 1, ...)
-cut into *segments* by SEGMENT events, each carrying a global sequence number
-(cannoli_format.h).  The global order puts segments in sequence-number order
-(a thread's still-open last segment after all closed ones); idx is the running
-instruction count in that order.
+The plugin draws positions itself (format version 3): when a thread closes an
+ordering segment it takes that segment's instructions from the ring's
+`next_idx` counter, and the SEGMENT event carries the first position and the
+count.  So the closed segments of all threads tile [0, next_idx) and a
+packet's execs get their positions from its own header and the segments of
+its stream:
 
-Pass A (`PositionPlan.add_packet`) sees every packet once without memory data
-and reduces it to *pieces*: runs of a packet's execs that lie in one segment,
-with their instruction totals.  `finish()` orders the pieces and gives each its
-first idx.  Pass B (`PositionPlan.exec_positions`) then turns any packet's
-execs into positions on its own, so chunks can be indexed one at a time with
-memory bounded by a chunk, not by the trace.
+    idx(exec) = segment.first_idx + (instructions of the segment before it)
+
+where a packet's first exec is preceded by `seg_insns` (packet header) of its
+segment and every later exec by the execs before it in the packet.  What no
+SEGMENT closed -- the last execs of threads that QEMU stopped, killed or that
+died of a signal -- is placed after every closed segment, thread by thread.
+
+Exact counts: an exec counts its block's instructions, corrected by PARTIAL
+events (a block cut short after its exec left the lane) and, for a thread's
+last block when the thread stopped inside it, by the fault point
+(fault_point.died_at).  Closed segments need no correction: the plugin counted
+them exactly.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import format as F
-from .decode import Packet
 from .fault_point import died_at
 
-Thread = tuple[int, int]  # (pid, tid)
-NEVER = np.iinfo(np.uint64).max  # the sequence number of a thread's open last segment
-
-
-@dataclass
-class Piece:
-    thread: Thread
-    start: int          # first exec ordinal
-    n_exec: int
-    insns: int          # instructions, final after finish()
-    last_block: int     # block id of the piece's last exec
-    seq: int = 0
-    first_idx: int = 0
+Stream = int
 
 
 @dataclass
@@ -48,19 +43,18 @@ class BlockTable:
     pc: np.ndarray = field(default_factory=lambda: np.zeros(1, np.uint64))
     base_id: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     known: np.ndarray = field(default_factory=lambda: np.zeros(1, bool))
-    insn_start: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))
     rows: list = field(default_factory=list)  # (blocks, insn_size, insn_bytes) per packet
 
-    def add(self, p: Packet) -> None:
-        if not len(p.blocks):
+    def add(self, blocks: np.ndarray, insn_size: np.ndarray, insn_bytes: np.ndarray) -> None:
+        if not len(blocks):
             return
-        ids = p.blocks["block_id"].astype(np.int64)
+        ids = blocks["block_id"].astype(np.int64)
         self._grow(int(ids.max()) + 1)
-        self.icount[ids] = p.blocks["n_insns"]
-        self.pc[ids] = p.blocks["pc"]
-        self.base_id[ids] = p.blocks["base_id"]
+        self.icount[ids] = blocks["n_insns"]
+        self.pc[ids] = blocks["pc"]
+        self.base_id[ids] = blocks["base_id"]
         self.known[ids] = True
-        self.rows.append((p.blocks.copy(), p.insn_size.copy(), p.insn_bytes.copy()))
+        self.rows.append((blocks.copy(), insn_size.copy(), insn_bytes.copy()))
 
     def _grow(self, n: int) -> None:
         if n > len(self.icount):
@@ -69,15 +63,18 @@ class BlockTable:
             self.pc = np.pad(self.pc, (0, grow))
             self.base_id = np.pad(self.base_id, (0, grow))
             self.known = np.pad(self.known, (0, grow))
-            self.insn_start = np.pad(self.insn_start, (0, grow))
 
     def lookup(self, ids: np.ndarray) -> np.ndarray:
         """Instruction counts of block ids, 0 for ids never defined."""
-        ids = ids.astype(np.int64)
+        ids = np.asarray(ids).astype(np.int64)
         ok = ids < len(self.icount)
         out = np.zeros(len(ids), np.int64)
         out[ok] = self.icount[ids[ok]]
         return out
+
+    def pcs(self, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids).astype(np.int64)
+        return self.pc[np.minimum(ids, len(self.pc) - 1)]
 
     def flat_insns(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(block_id, n, pc, size) for every instruction of every block."""
@@ -112,140 +109,171 @@ def _block_insns(blocks: np.ndarray, insn_size: np.ndarray):
             blocks["pc"][block_of] + offset, insn_size.astype(np.uint8))
 
 
+@dataclass
+class StreamLog:
+    """What the side data says about one thread's stream."""
+
+    stream: Stream
+    pid: int
+    tid: int
+    parent_pid: int | None = None
+    exited: bool = False
+    ends: list = field(default_factory=list)      # closed segments: end ordinal,
+    firsts: list = field(default_factory=list)    # first position,
+    counts: list = field(default_factory=list)    # instructions
+    partial: dict = field(default_factory=dict)   # ordinal -> twin block id
+    n_exec: int = 0                               # execs started (ordinals 0 .. n_exec-1)
+    continuations: int = 0                        # execs repeated by a CONTINUES packet
+    last_seq: int = -1                            # the latest packet: its seq,
+    cur_done: bool = True                         # whether its current block finished,
+    cur_accessed: int = 0                         # and how far it got (fault_point.h)
+    open_ids: dict = field(default_factory=dict)  # ordinal -> block id, execs no segment closed yet
+    # filled by finish()
+    open_start: int = 0
+    open_first: int = 0
+    open_insns: int = 0
+    tail: tuple | None = None                     # (ordinal, instructions that ran) of a cut last block
+
+    def closed_end(self) -> int:
+        return int(max(self.ends)) if len(self.ends) else 0
+
+
 class PositionPlan:
+    """Positions of a whole trace from its packets' side data (add) and the
+    exec ids of the execs that no segment closed (add_execs)."""
+
     def __init__(self, blocks: BlockTable, arch: str = "x86_64"):
         self.blocks = blocks
         self.arch = arch
-        self.pieces: dict[Thread, list[Piece]] = defaultdict(list)
-        self.segment_ends: dict[Thread, list[tuple[int, int]]] = defaultdict(list)
-        self.overrides: dict[tuple[Thread, int], int] = {}  # (thread, ordinal) -> instructions that ran
-        self._unknown: list[tuple[Piece, np.ndarray]] = []
-        self._tail: dict[Thread, tuple] = {}
-        self._last_exec: dict[Thread, tuple[int, int, int]] = {}  # packet_seq, ordinal, block id
-        self._by_start: dict[Thread, dict[int, Piece]] = defaultdict(dict)
+        self.streams: dict[Stream, StreamLog] = {}
+        self.total = 0
+        self.drawn = 0            # positions the closed segments cover, holes included
+        self._finished = False
 
-    @staticmethod
-    def _split_points(p: Packet) -> np.ndarray:
-        """Exec ordinals inside the packet where a segment ends."""
-        seg = p.events[p.events["kind"] == F.EV_SEGMENT]
-        ends = seg["ordinal"].astype(np.int64)
-        inside = ends[(ends > p.exec_first) & (ends < p.exec_first + len(p.exec))]
-        return np.unique(inside) - p.exec_first
+    # -- feeding -------------------------------------------------------------
 
-    def add_packet(self, p: Packet) -> None:
-        """Pass A: blocks must already be added for this packet."""
-        thread = p.thread
-        seg = p.events[p.events["kind"] == F.EV_SEGMENT]
-        self.segment_ends[thread] += list(zip(seg["ordinal"].tolist(), seg["seq"].tolist()))
-        for ev in p.events[p.events["kind"] == F.EV_PARTIAL]:
-            self.overrides[(thread, int(ev["ordinal"]))] = -int(ev["v"][1])  # twin id, resolved in finish()
-        tail = self._tail.get(thread)
-        if tail is None or p.packet_seq > tail[0]:
-            self._tail[thread] = (p.packet_seq, p.cur_done, p.cur_accessed)
-        if not len(p.exec):
+    def add(self, header, events: np.ndarray, stream: Stream) -> None:
+        """One packet's header and events (every packet of the trace, any order)."""
+        log = self.streams.get(stream)
+        if log is None:
+            log = self.streams[stream] = StreamLog(stream, int(header["pid"]), int(header["tid"]))
+        seq = int(header["packet_seq"])
+        n = int(header["count"][F.SEC_EXEC]) if F.SEC_EXEC < len(header["count"]) else 0
+        continues = bool(int(header["flags"]) & F.PACKET_CONTINUES)
+        log.n_exec = max(log.n_exec, int(header["exec_first"]) + n)
+        log.continuations += int(continues and n > 0)
+        if seq > log.last_seq:
+            log.last_seq, log.cur_done, log.cur_accessed = seq, bool(header["cur_done"]), int(header["cur_accessed"])
+        if not len(events):
             return
-        last = self._last_exec.get(thread)
-        if last is None or p.packet_seq > last[0]:
-            self._last_exec[thread] = (p.packet_seq, p.exec_first + len(p.exec) - 1, int(p.exec[-1]))
-        bounds = np.concatenate([[0], self._split_points(p), [len(p.exec)]])
-        known = self.blocks.known[np.minimum(p.exec, len(self.blocks.known) - 1)] & (p.exec < len(self.blocks.known))
-        counts = np.where(known, self.blocks.lookup(p.exec), 0)
-        sums = np.add.reduceat(counts, bounds[:-1]) if len(counts) else np.zeros(0, np.int64)
-        for k in range(len(bounds) - 1):
-            a, b = int(bounds[k]), int(bounds[k + 1])
-            piece = Piece(thread, p.exec_first + a, b - a, int(sums[k]), int(p.exec[b - 1]))
-            self.pieces[thread].append(piece)
-            self._by_start[thread][piece.start] = piece
-            if not known[a:b].all():
-                self._unknown.append((piece, p.exec[a:b][~known[a:b]].copy()))
+        kind = events["kind"]
+        seg = events[kind == F.EV_SEGMENT]
+        log.ends += seg["ordinal"].astype(np.int64).tolist()
+        log.firsts += seg["v"][:, 0].astype(np.int64).tolist()
+        log.counts += seg["v"][:, 1].astype(np.int64).tolist()
+        for ev in events[kind == F.EV_PARTIAL]:
+            log.partial[int(ev["ordinal"])] = int(ev["v"][1])
+        start = events[kind == F.EV_THREAD_START]
+        if len(start) and int(start["v"][0, 2]):
+            log.parent_pid = int(start["v"][0, 2])
+        log.exited |= bool(np.any(kind == F.EV_THREAD_EXIT))
 
-    def piece_of(self, thread: Thread, ordinal: int) -> Piece | None:
-        pieces = self.pieces.get(thread)
-        if not pieces:
-            return None
-        starts = self._starts[thread]
-        k = int(np.searchsorted(starts, ordinal, side="right")) - 1
-        if k < 0 or ordinal >= pieces[k].start + pieces[k].n_exec:
-            return None
-        return pieces[k]
+    def add_execs(self, stream: Stream, exec_first: int, ids: np.ndarray) -> None:
+        """Exec ids of a packet, kept only where no segment has closed them (yet)."""
+        log = self.streams[stream]
+        floor = log.closed_end()
+        for k in np.flatnonzero(exec_first + np.arange(len(ids)) >= floor):
+            log.open_ids[exec_first + int(k)] = int(ids[k])
+        if len(log.open_ids) > 4 * F.CAP_EXEC:
+            log.open_ids = {o: b for o, b in log.open_ids.items() if o >= floor}
+
+    def open_range(self, stream: Stream) -> tuple[int, int]:
+        """Exec ordinals [a, b) of a stream that no segment closed."""
+        log = self.streams[stream]
+        return log.closed_end(), log.n_exec
+
+    # -- finishing -------------------------------------------------------------
 
     def finish(self) -> int:
-        """Resolve late block definitions and early stops, order the pieces and
-        give each its first position.  Returns the total instruction count."""
-        for piece, ids in self._unknown:
-            piece.insns += int(self.blocks.lookup(ids).sum())
-        self._starts = {}
-        for thread, pieces in self.pieces.items():
-            pieces.sort(key=lambda pc: pc.start)
-            self._starts[thread] = np.array([pc.start for pc in pieces], np.int64)
-        self._resolve_overrides()
-        ordered = []
-        for thread, pieces in self.pieces.items():
-            ends = sorted(self.segment_ends.get(thread, []))
-            end_ord = np.array([e for e, _ in ends], np.int64)
-            end_seq = [s for _, s in ends]
-            for pc in pieces:
-                k = int(np.searchsorted(end_ord, pc.start + pc.n_exec, side="left"))
-                pc.seq = end_seq[k] if k < len(end_seq) else NEVER
-                ordered.append(pc)
-        ordered.sort(key=lambda pc: (pc.seq, pc.thread, pc.start))
-        total = 0
-        for pc in ordered:
-            pc.first_idx = total
-            total += pc.insns
-        self.ordered = ordered
-        return total
+        """Place what no segment closed and return the total instruction count."""
+        for log in self.streams.values():
+            order = np.argsort(np.asarray(log.ends, np.int64), kind="stable")
+            log.ends = np.asarray(log.ends, np.int64)[order]
+            log.firsts = np.asarray(log.firsts, np.int64)[order]
+            log.counts = np.asarray(log.counts, np.int64)[order]
+            self._close_tail(log)
+        ends = [int((log.firsts + log.counts).max()) for log in self.streams.values() if len(log.ends)]
+        self.drawn = max(ends, default=0)
+        position = self.drawn
+        for log in sorted(self.streams.values(), key=lambda s: (s.pid, s.tid, s.stream)):
+            log.open_first = position
+            position += log.open_insns
+        self.total = position
+        self._finished = True
+        return self.total
 
-    def _resolve_overrides(self) -> None:
-        resolved = {}
-        for (thread, ordinal), twin in self.overrides.items():
-            twin = -twin
-            ran = int(self.blocks.lookup(np.array([twin]))[0])
-            full = int(self.blocks.lookup(np.array([self.blocks.base_id[twin] if twin < len(self.blocks.base_id) else 0]))[0])
-            resolved[(thread, ordinal)] = (ran, full)
-        for thread, (_, done, accessed) in self._tail.items():
-            last = self._last_exec.get(thread)
-            if last is None or done:
-                continue
-            full = int(self.blocks.lookup(np.array([last[2]]))[0])
-            resolved[(thread, last[1])] = (died_at(self.blocks.rows, self.arch, last[2], accessed, full), full)
-        self.overrides = {}
-        for key, (ran, full) in resolved.items():
-            piece = self.piece_of(*key)
-            if piece is not None:
-                piece.insns -= full - ran
-                self.overrides[key] = ran
+    def _close_tail(self, log: StreamLog) -> None:
+        log.open_start = log.closed_end()
+        ordinals = np.array(sorted(o for o in log.open_ids if o >= log.open_start), np.int64)
+        ids = np.array([log.open_ids[o] for o in ordinals], np.int64)
+        counts = self.blocks.lookup(ids)
+        counts = self._apply_partial(log, ordinals, counts)
+        if not log.cur_done and len(ordinals) and ordinals[-1] == log.n_exec - 1:
+            full = int(counts[-1])
+            ran = died_at(self.blocks.rows, self.arch, int(ids[-1]), log.cur_accessed, full)
+            log.tail = (int(ordinals[-1]), ran)
+            counts[-1] = ran
+        log.open_insns = int(counts.sum())
 
-    def exec_positions(self, p: Packet) -> tuple[np.ndarray, np.ndarray]:
-        """Pass B: (idx, instructions that ran) for each exec of the packet."""
-        counts = self.blocks.lookup(p.exec)
-        for (thread, ordinal), ran in self.overrides.items():
-            k = ordinal - p.exec_first
-            if thread == p.thread and 0 <= k < len(counts):
-                counts[k] = ran
-        idx = np.zeros(len(counts), np.uint64)
-        bounds = np.concatenate([[0], self._split_points(p), [len(p.exec)]])
-        for k in range(len(bounds) - 1):
-            a, b = int(bounds[k]), int(bounds[k + 1])
-            if a == b:
-                continue  # a segment boundary with no exec of this packet on one side
-            piece = self._by_start[p.thread][p.exec_first + a]
-            run = counts[a:b]
-            idx[a:b] = piece.first_idx + np.cumsum(run) - run
-        return idx, counts
+    def _apply_partial(self, log: StreamLog, ordinals: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        if not log.partial:
+            return counts
+        counts = counts.copy()
+        for k, o in enumerate(ordinals.tolist()):
+            twin = log.partial.get(o)
+            if twin is not None:
+                counts[k] = int(self.blocks.lookup(np.array([twin]))[0])
+        if log.tail is not None:
+            at = np.flatnonzero(ordinals == log.tail[0])
+            counts[at] = log.tail[1]
+        return counts
 
-    def position_before(self, p: Packet) -> int | None:
-        """idx of the thread's exec just before this packet's first one (what
-        link-0 accesses and events refer to): the last exec of its piece."""
-        ordinal = p.exec_first - 1
-        piece = self.piece_of(p.thread, ordinal)
-        if piece is None or ordinal != piece.start + piece.n_exec - 1:
-            return None
-        ran = self.overrides.get((p.thread, ordinal))
-        if ran is None:
-            ran = int(self.blocks.lookup(np.array([piece.last_block]))[0])
-        return piece.first_idx + piece.insns - ran
+    # -- positions of a packet --------------------------------------------------
 
-    def first_position(self, thread: Thread) -> int | None:
-        pieces = self.pieces.get(thread)
-        return min(pc.first_idx for pc in pieces) if pieces else None
+    def exec_positions(self, stream: Stream, exec_first: int, seg_insns: int,
+                       ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(idx, instructions that ran) of each exec of a packet."""
+        log = self.streams[stream]
+        ordinals = exec_first + np.arange(len(ids), dtype=np.int64)
+        counts = self._apply_partial(log, ordinals, self.blocks.lookup(ids))
+        seg = np.searchsorted(log.ends, ordinals, side="right")  # first segment ending after each exec
+        closed = seg < len(log.ends)
+        first = np.where(closed, log.firsts[np.minimum(seg, max(len(log.ends) - 1, 0))] if len(log.ends) else 0,
+                         log.open_first)
+        # within a piece (a run in one segment) positions follow the counts; the
+        # packet's first piece starts seg_insns into its segment, the others at its start
+        starts = np.flatnonzero(np.r_[True, seg[1:] != seg[:-1]]) if len(seg) else np.zeros(0, np.int64)
+        run = np.cumsum(counts) - counts
+        offset = run - np.repeat(run[starts], np.diff(np.append(starts, len(counts))))
+        offset[: (starts[1] if len(starts) > 1 else len(counts))] += seg_insns
+        return (first + offset).astype(np.uint64), counts
+
+    def syscall_position(self, seq: int) -> int:
+        """idx of a syscall instruction: one before its SYSCALL event's seq (the
+        end of the segment its entry closed)."""
+        return seq - 1
+
+    # -- per-stream facts -------------------------------------------------------
+
+    def stream_span(self, log: StreamLog) -> tuple[int | None, int | None, int]:
+        """(first idx, last idx, instructions) of a stream."""
+        firsts = [int(f) for f, c in zip(log.firsts, log.counts) if c > 0]
+        lasts = [int(f + c - 1) for f, c in zip(log.firsts, log.counts) if c > 0]
+        if log.open_insns:
+            firsts.append(log.open_first)
+            lasts.append(log.open_first + log.open_insns - 1)
+        insns = int(np.sum(log.counts)) + log.open_insns
+        return (min(firsts) if firsts else None, max(lasts) if lasts else None, insns)
+
+    def blocks_of(self, log: StreamLog) -> int:
+        return log.n_exec

@@ -81,7 +81,7 @@ def parse_range(trace, text: str) -> tuple[int, int]:
     position, or an address or symbol, which means its first execution; START may
     be -N, the last N positions; END may be +N, N positions after START (cut at the
     end of the trace)."""
-    total = int(trace.meta.get("index_instructions") or 0)
+    total = trace.end
     parts = text.split(":")
     if len(parts) != 2:
         raise CannoliError(f"--range {text!r}: write START:END, e.g. 1000:2000, main:, or :500")
@@ -123,7 +123,7 @@ def first_execution(trace, pc: int) -> int | None:
 
 
 def check_range(trace, start: int, end: int, tid: int | None) -> None:
-    total = int(trace.meta.get("index_instructions") or 0)
+    total = trace.end
     if start > end:
         raise CannoliError(f"range {start}:{end} is inverted")
     if start < 0 or start >= total or end > total:

@@ -1,12 +1,16 @@
-"""The trace database's tables, defined once (SQLAlchemy Core) and documented
-column by column in docs/schema.md.
+"""The trace database's tables, defined once and documented column by column
+in docs/schema.md.
 
 Positions: `idx` is the global instruction position (0-based, dense, one per
 executed guest instruction across all threads).  Addresses and values are
 unsigned 64-bit; where QEMU cannot give a value the column is NULL.
 
-The DDL is compiled for DuckDB from these definitions (create_statements);
-rows are bulk-loaded through Arrow by the indexer, not through SQLAlchemy.
+Two kinds of tables:
+* the small ones live in TRACE/trace.duckdb: defined here with SQLAlchemy Core,
+  compiled for DuckDB (create_statements), bulk-loaded through Arrow;
+* the bulk ones (exec, mem, regs, regs_keys) are the Parquet store
+  (cannoli_db.store, columns in store.SCHEMAS): views over its files, made
+  when a trace is opened (view_statements), so the trace directory can move.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from duckdb_engine.datatypes import UBigInteger, UInteger, USmallInteger, UTinyI
 from sqlalchemy import BigInteger, Boolean, Column, Integer, LargeBinary, MetaData, String, Table
 from sqlalchemy.schema import CreateTable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -64,40 +68,6 @@ block_insns = Table(
     Column("n", USmallInteger, nullable=False, comment="0-based index in the block"),
     Column("pc", UBigInteger, nullable=False),
     Column("size", UTinyInteger, nullable=False, comment="bytes"),
-)
-
-exec_ = Table(
-    "exec", metadata,
-    Column("idx", UBigInteger, nullable=False, comment="position of the block's first instruction"),
-    _tid(),
-    Column("block_id", UInteger, nullable=False),
-    Column("pc", UBigInteger, nullable=False),
-    Column("icount", USmallInteger, nullable=False, comment="instructions of the block that ran"),
-)
-
-mem = Table(
-    "mem", metadata,
-    Column("idx", UBigInteger, nullable=False, comment="position of the accessing instruction"),
-    _tid(),
-    Column("pc", UBigInteger, nullable=False, comment="address of the accessing instruction"),
-    Column("addr", UBigInteger, nullable=False),
-    Column("size", UTinyInteger, nullable=False, comment="bytes: 1, 2, 4 or 8"),
-    Column("is_write", Boolean, nullable=False),
-    Column("value", UBigInteger, comment="loaded or stored value, little-endian, zero-extended"),
-)
-
-# The same rows as `mem`, sorted by (addr, idx): DuckDB's per-row-group min/max
-# of `addr` then lets a lookup of one address range read a few row groups
-# instead of the whole table (who-wrote, value-at, memory history).
-mem_by_addr = Table(
-    "mem_by_addr", metadata,
-    Column("addr", UBigInteger, nullable=False),
-    Column("idx", UBigInteger, nullable=False, comment="position of the accessing instruction"),
-    _tid(),
-    Column("pc", UBigInteger, nullable=False, comment="address of the accessing instruction"),
-    Column("size", UTinyInteger, nullable=False, comment="bytes: 1, 2, 4 or 8"),
-    Column("is_write", Boolean, nullable=False),
-    Column("value", UBigInteger, comment="loaded or stored value, little-endian, zero-extended"),
 )
 
 syscalls = Table(
@@ -157,13 +127,48 @@ symbols = Table(
     Column("kind", String, nullable=False, comment="FUNC or OBJECT"),
 )
 
-regs = Table(
-    "regs", metadata,
-    Column("idx", UBigInteger, nullable=False, comment="the first instruction of a block: values at its entry"),
-    _tid(),
+# Register names by number (regs_keys has numbers only)
+reg_names = Table(
+    "reg_names", metadata,
     Column("n", UTinyInteger, nullable=False, comment="register number: the order QEMU lists them"),
     Column("reg", String, nullable=False, comment="gdb name: rax, x0, a0, eflags, ..."),
-    Column("value", UBigInteger, nullable=False, comment="new value (changed since the thread's previous block)"),
+)
+
+# The address index of the store: per packet, the mem rows that touch a 4 KiB
+# page and which of its 64-byte lines they read and wrote (store/__init__.py).
+mem_pages = Table(
+    "mem_pages", metadata,
+    Column("page", UBigInteger, nullable=False, comment="address >> 12"),
+    Column("part", UInteger, nullable=False, comment="the mem part (chunk number)"),
+    Column("row_first", UInteger, nullable=False, comment="first row of the part touching the page"),
+    Column("row_last", UInteger, nullable=False, comment="last such row"),
+    Column("idx_first", UBigInteger, nullable=False, comment="position of the first such access"),
+    Column("idx_last", UBigInteger, nullable=False, comment="position of the last such access"),
+    Column("read_lines", UBigInteger, nullable=False, comment="bit k: line k of the page was read"),
+    Column("written_lines", UBigInteger, nullable=False, comment="bit k: line k was written"),
+)
+
+# The block index of the store: per packet, the exec rows that run a block.
+exec_blocks = Table(
+    "exec_blocks", metadata,
+    Column("block_id", UInteger, nullable=False),
+    Column("part", UInteger, nullable=False, comment="the exec part (chunk number)"),
+    Column("row_first", UInteger, nullable=False),
+    Column("row_last", UInteger, nullable=False),
+    Column("idx_first", UBigInteger, nullable=False, comment="position of the first execution"),
+    Column("idx_last", UBigInteger, nullable=False, comment="position of the last one"),
+)
+
+# The store's files: one row per part and row group.
+parts = Table(
+    "parts", metadata,
+    Column("tbl", String, nullable=False, comment="exec, mem, regs, regs_keys"),
+    Column("part", UInteger, nullable=False, comment="chunk number"),
+    Column("row_group", UInteger, nullable=False),
+    Column("row_first", UBigInteger, nullable=False, comment="first row of the row group in the part"),
+    Column("rows", UBigInteger, nullable=False),
+    Column("idx_min", UBigInteger, comment="smallest position in the row group"),
+    Column("idx_max", UBigInteger, comment="largest position"),
 )
 
 VIEWS = {
@@ -176,7 +181,6 @@ VIEWS = {
 
 
 def create_statements() -> list[str]:
+    """DDL of the tables that live in trace.duckdb."""
     dialect = Dialect()
-    ddl = [str(CreateTable(table).compile(dialect=dialect)).strip() for table in metadata.sorted_tables]
-    ddl += [f"CREATE VIEW {name} AS {body.strip()}" for name, body in VIEWS.items()]
-    return ddl
+    return [str(CreateTable(table).compile(dialect=dialect)).strip() for table in metadata.sorted_tables]

@@ -1,8 +1,14 @@
-"""The trace directory: meta.json, chunks/, trace.duckdb.
+"""The trace directory: its layout and the files every stage shares.
+
+    TRACE/meta.json                    what was recorded and how it ended
+    TRACE/chunks/NNNNNN.zst            the recording (docs/format.md)
+    TRACE/chunks/{exec,mem,regs,...}/  the Parquet store of the bulk rows
+    TRACE/trace.duckdb                 the index: small tables and summaries
 
 meta.json is written at the start of a recording with complete=false and
 rewritten (atomically: temp file, fsync, rename) when the recording ends, so a
-trace directory never looks complete unless it is.
+trace directory never looks complete unless it is.  Every file here is
+written the same way (write_atomically), so a crash leaves whole files only.
 """
 
 from __future__ import annotations
@@ -17,7 +23,51 @@ from .errors import CannoliError
 
 META_NAME = "meta.json"
 CHUNKS_NAME = "chunks"
+DB_NAME = "trace.duckdb"
 MAX_META_BYTES = 16 << 20
+
+
+def chunk_name(seq: int) -> str:
+    return f"{seq:06d}.zst"
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomically(final: Path, parts) -> None:
+    """Write the byte strings `parts` to `final` through a hidden temporary file:
+    fsynced, then renamed, so `final` is always whole or absent.  On failure
+    (a full disk) the temporary file is removed and the error re-raised."""
+    tmp = final.with_name(f".{final.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, final)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def recording_problem(meta: dict) -> str | None:
+    """Why meta.json says the recording is not complete, in words (None if it is)."""
+    if meta.get("complete"):
+        return None
+    if meta.get("interrupted"):
+        return "the recording was interrupted"
+    return meta.get("incomplete_reason") or meta.get("error") or "the recording did not finish"
+
+
+def rebuild_hint(trace: Path) -> str:
+    """The advice every 'the index is damaged or old' message ends with."""
+    return f"rebuild it with: cannoli index {trace}"
 
 
 def default_trace_dir(program: str) -> Path:
@@ -71,34 +121,28 @@ def _refuse_if_recording(path: Path) -> None:
                            f"wait for it, stop it, or choose another directory with -o DIR")
 
 
-# The plugin's regs_state (enum cn_regs_state, cannoli_ring.h) and why a trace
-# has no registers in each state.
-REGS_RECORDED, REGS_NO_API = 1, 3
+# Why a trace has no registers, for each of the plugin's regs_state values
+# (enum cn_regs_state, cannoli_ring.h).
 _REGS_REASONS = {
-    0: "the plugin did not start",
-    2: "registers were not asked for (--no-regs)",
-    3: "QEMU {qemu} (plugin API {api}) gives plugins no register access; registers need QEMU >= 9.0: "
-       "build one with `cannoli setup-qemu`",
-    4: "QEMU {qemu} offered none of the registers Cannoli DB records for this architecture",
+    F.REGS_UNSET: "the plugin did not start",
+    F.REGS_OFF: "registers were not asked for (--no-regs)",
+    F.REGS_NO_API: "QEMU {qemu} (plugin API {api}) gives plugins no register access; registers need QEMU >= 9.0: "
+                   "build one with `cannoli setup-qemu`",
+    F.REGS_NONE_KNOWN: "QEMU {qemu} offered none of the registers Cannoli DB records for this architecture",
 }
 
 
 def regs_unavailable(state: int, meta: dict) -> str | None:
     """Why the trace has no registers, in words; None when it has them."""
-    if state == REGS_RECORDED:
+    if state == F.REGS_RECORDED:
         return None
     reason = _REGS_REASONS.get(state, "unknown register state {state}")
     return reason.format(qemu=meta.get("qemu_version"), api=meta.get("plugin_api"), state=state)
 
 
 def write_meta(path: Path, meta: dict) -> None:
-    tmp = path / f".{META_NAME}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.rename(tmp, path / META_NAME)
+    text = json.dumps(meta, indent=2, sort_keys=True) + "\n"
+    write_atomically(Path(path) / META_NAME, (text.encode(),))
 
 
 class MetaDamaged(CannoliError):

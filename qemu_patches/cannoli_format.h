@@ -19,16 +19,25 @@
 
 #include <stdint.h>
 
-#define CN_FORMAT_VERSION 2
-/* Version 1 (QEMU 7.2 era, no registers) lacks the two REG sections: its
- * packet header holds 9 counts (104 bytes, not 112).  Readers accept it. */
+#define CN_FORMAT_VERSION 3
+/* Version 3 draws global instruction positions in the plugin (SEGMENT events
+ * carry them), identifies each thread's stream by a ring-wide id, adds the
+ * PAGE section (12 counts in the packet header) and splits a chunk into a side
+ * frame and a heavy frame.  Version 2 (seq-ordered segments, one frame, 11
+ * counts) and version 1 (no registers: 9 counts, a 104-byte packet header)
+ * are still read. */
 
 /* 8-byte magics, stored as bytes (not as integers). */
 #define CN_CHUNK_MAGIC  "CNDBCHNK"
 #define CN_PACKET_MAGIC "CNDBPAKT"
 #define CN_RING_MAGIC   "CNDBRING"
 
-/* ---- sections of a packet, in on-disk order ------------------------------ */
+/* ---- sections of a packet ------------------------------------------------
+ * In the ring and in version 1-2 packets the sections follow each other in
+ * this order.  In version 3 chunks a packet is split: its header and the side
+ * sections (EVENT, BLOCK, INSN_SIZE, INSN_BYTES, BLOB) in the chunk's side
+ * frame, its heavy sections (EXEC, MEM_*, REG_*) in the heavy frame, each
+ * group in this order. */
 enum cn_section {
     CN_SEC_EXEC = 0,      /* uint32 block_id per executed block                  */
     CN_SEC_MEM_ADDR,      /* uint64 per access: address                           */
@@ -41,8 +50,14 @@ enum cn_section {
     CN_SEC_BLOB,          /* uint8: strings and buffers that events point into    */
     CN_SEC_REG_VALUE,     /* uint64 per register change: the new value (v2)       */
     CN_SEC_REG_INFO,      /* uint32 per register change: see CN_REGINFO_* (v2)    */
+    CN_SEC_PAGE,          /* struct cn_page per 4 KiB page the packet's memory
+                             accesses touch (v3; made by the recorder when it
+                             packs the lane, not a lane section)                  */
     CN_NSECTIONS
 };
+
+#define CN_SIDE_SECTIONS ((1u << CN_SEC_EVENT) | (1u << CN_SEC_BLOCK) | (1u << CN_SEC_INSN_SIZE) | \
+                          (1u << CN_SEC_INSN_BYTES) | (1u << CN_SEC_BLOB) | (1u << CN_SEC_PAGE))
 
 /* On disk (in packets) five sections are transformed to compress well; in the
  * ring they are plain arrays.  count[] of a packet still gives records, except
@@ -67,6 +82,7 @@ enum cn_section {
 #define CN_CAP_INSN_BYTES  262144u
 #define CN_CAP_BLOB        262144u
 #define CN_CAP_REG         65536u
+#define CN_CAP_PAGE        65536u   /* at most one page per memory access */
 
 /* QEMU translates at most 512 instructions into one block (TCG_MAX_INSNS). */
 #define CN_MAX_BLOCK_INSNS 512u
@@ -79,9 +95,11 @@ enum cn_section {
  * bit   4     1 = guest big-endian access (never set yet: little-endian guests only)
  * bits  5..13 index of the instruction within its block (0..511)
  * bits 14..31 link: which exec of this packet the access belongs to:
- *             link k >= 1 -> exec[k-1] of this packet; link 0 -> the thread's
- *             block that was executing when the packet began (the last exec
- *             of the thread's previous packet).                              */
+ *             link k >= 1 -> exec[k-1] of this packet.  Versions 1-2 also
+ *             have link 0: the thread's block that was executing when the
+ *             packet began (the last exec of the thread's previous packet);
+ *             version 3 repeats that block as exec[0] instead
+ *             (CN_PACKET_CONTINUES).                                         */
 #define CN_MEMINFO_SHIFT_MASK  0x7u
 #define CN_MEMINFO_STORE       (1u << 3)
 #define CN_MEMINFO_BIGENDIAN   (1u << 4)
@@ -89,17 +107,43 @@ enum cn_section {
 #define CN_MEMINFO_INSN_MASK   0x1ffu
 #define CN_MEMINFO_LINK_SHIFT  14
 
-/* ---- register change info word (CN_SEC_REG_INFO) -------------------------
- * Registers are recorded at block entry (plugin API >= 2), as changes: a
- * thread's first block has every recorded register, later blocks only the
- * ones whose value differs from the thread's previous block entry.
+/* ---- register record info word (CN_SEC_REG_INFO) -------------------------
+ * Registers are recorded at block entry (plugin API >= 2): as changes (the
+ * value differs from the thread's previous block entry) and, at the first
+ * block of a thread and after every ordering segment, as a keyframe (every
+ * recorded register, changed or not), so that a reader finds a register's
+ * value at most one segment back.
  * bits  0..7  register number (CN_EV_REG_NAME names it)
- * bits  8..31 link, as for memory accesses: k >= 1 -> exec[k-1] of this
- *             packet; 0 -> the block executing when the packet began.       */
+ * bits  8..29 link, as for memory accesses: k >= 1 -> exec[k-1] of this
+ *             packet; 0 -> the block executing when the packet began
+ * bit  30     CN_REGINFO_CHANGED: the value differs from the previous entry's
+ * bit  31     CN_REGINFO_KEYFRAME: part of a full register state (version 3;
+ *             in versions 1-2 every record is a change and bits 8..31 link) */
 #define CN_REGINFO_NUMBER_MASK 0xffu
 #define CN_REGINFO_LINK_SHIFT  8
+#define CN_REGINFO_LINK_MASK   0x3fffffu
+#define CN_REGINFO_CHANGED     (1u << 30)
+#define CN_REGINFO_KEYFRAME    (1u << 31)
 /* Most registers one recording can name (the number fits the info word). */
 #define CN_MAX_REGS 64u
+
+/* ---- pages touched (CN_SEC_PAGE) -----------------------------------------
+ * The address index of a packet: for each 4 KiB page any of its accesses
+ * touched (an access is attributed to the page and 64-byte line of its first
+ * byte), which of the page's 64 lines were read and written, and the first and
+ * last of its accesses (0-based, in the packet's access order) to the page.
+ * In first-access order.  A reader looking for accesses to an address reads
+ * only the packets whose pages say so. */
+#define CN_PAGE_SHIFT 12
+#define CN_LINE_SHIFT 6
+
+struct cn_page {
+    uint64_t page;          /* address >> CN_PAGE_SHIFT                            */
+    uint64_t read_lines;    /* bit k: an access read line k of the page            */
+    uint64_t written_lines; /* bit k: an access wrote line k                       */
+    uint32_t first;         /* first access to the page                            */
+    uint32_t last;          /* last access to the page                             */
+};                          /* 32 bytes */
 
 /* ---- events (CN_SEC_EVENT) ------------------------------------------------ */
 enum cn_event_kind {
@@ -108,7 +152,10 @@ enum cn_event_kind {
     CN_EV_SYSCALL      = 3, /* v0 number, v1..v6 arguments 1..6                            */
     CN_EV_SYSRET       = 4, /* v0 number, v1 return value (as int64)                       */
     CN_EV_SEGMENT      = 5, /* closes the thread's open ordering segment: execs with
-                               ordinal < `ordinal` not yet in a segment; seq orders it     */
+                               ordinal < `ordinal` not yet in a segment.  v3: v0 global
+                               position of its first instruction (drawn from the ring's
+                               next_idx), v1 its instructions; seq = v0 + v1.  v1-2: seq
+                               orders segments, v0 and v1 are 0                            */
     CN_EV_PARTIAL      = 6, /* exec `ordinal` ran only v0 instructions of its block; v1 is
                                the twin block of those instructions                        */
     CN_EV_BLOB         = 7, /* v0 guest address, v1 blob offset in this packet, v2 length,
@@ -134,7 +181,10 @@ struct cn_event {
                                BLOB and PARTIAL the block executing (the syscall's
                                block); for the others the count of blocks started
                                before the event                                      */
-    uint64_t seq;           /* global sequence number (ring-wide atomic counter) or 0 */
+    uint64_t seq;           /* global order: v3 the global position where the event
+                               happened (for SEGMENT and SYSCALL one past the segment's
+                               last instruction; THREAD_START/EXIT the ring's next_idx);
+                               v1-2 a ring-wide counter; 0 = none                    */
     uint64_t v[7];          /* kind-specific values, see above                        */
 };                          /* 80 bytes */
 
@@ -156,6 +206,10 @@ struct cn_block {
 #define CN_PACKET_SALVAGED  1u  /* taken from a lane whose producer had died or
                                    stopped without closing it                      */
 #define CN_PACKET_LAST      2u  /* the thread closed its stream (thread exit)      */
+#define CN_PACKET_CONTINUES 4u  /* v3: exec[0] is the block that was executing when
+                                   the previous packet ended (its last exec, same
+                                   ordinal), repeated so that this packet's records
+                                   of that block can link to it; not a new execution */
 
 struct cn_packet_header {
     char     magic[8];      /* CN_PACKET_MAGIC                                        */
@@ -172,29 +226,48 @@ struct cn_packet_header {
     uint32_t cur_progress;  /* highest instruction index known started in that block  */
     uint32_t cur_accessed;  /* 1 + index of the last instruction of that block that
                                completed a memory access; 0 if none (fault_point.h)   */
-    uint32_t reserved0;
-    uint64_t reserved1;
-};                          /* 112 bytes (version 1: 104) */
+    uint32_t stream;        /* v3: the thread's stream id, unique in the recording
+                               (ring-wide counter, from 1); v1-2: 0                   */
+    uint64_t seg_insns;     /* v3: instructions of exec[0]'s ordering segment that
+                               precede exec[0] (execs of that segment in earlier
+                               packets); final: those blocks are resolved.  v1-2: 0   */
+};                          /* 112 bytes (version 2: 112, 11 counts; 1: 104, 9) */
 
 /* ---- chunk file ------------------------------------------------------------
- * chunks/NNNNNN.zst = this header, then one zstd frame whose content is a run of
- * whole packets.  Written to a temporary name, fsynced, then renamed.        */
+ * chunks/NNNNNN.zst = this header, then the side frame (zstd; its content is
+ * each packet's header and side sections, packet after packet), then the heavy
+ * frame (zstd; each packet's heavy sections, in the same packet order).  Once
+ * the heavy sections are in the Parquet store (chunks/{exec,mem,regs}/
+ * NNNNNN.parquet, docs/format.md) the heavy frame may be dropped: flag
+ * CN_CHUNK_HEAVY_IN_STORE, heavy_size 0.  Written to a temporary name,
+ * fsynced, then renamed.  (Version 1-2 chunks: a 72-byte header and one frame
+ * of whole packets.) */
+#define CN_CHUNK_HEAVY_IN_STORE 1u
+
 struct cn_chunk_header {
     char     magic[8];      /* CN_CHUNK_MAGIC                                         */
     uint16_t version;       /* CN_FORMAT_VERSION                                      */
     uint16_t header_size;   /* sizeof(struct cn_chunk_header)                         */
-    uint32_t n_packets;     /* packets in the frame                                   */
+    uint32_t n_packets;     /* packets in the frames                                  */
     uint64_t chunk_seq;     /* equals NNNNNN in the file name                         */
-    uint64_t payload_size;  /* bytes of the zstd frame that follows                   */
-    uint64_t raw_size;      /* bytes of the frame's content (the packets)             */
-    uint32_t payload_crc32; /* zlib CRC-32 of the zstd frame                          */
+    uint64_t side_size;     /* bytes of the side zstd frame (right after the header)  */
+    uint64_t side_raw;      /* bytes of its content                                   */
+    uint64_t heavy_size;    /* bytes of the heavy zstd frame (after the side frame)   */
+    uint64_t heavy_raw;     /* bytes of its content (also when the frame was dropped) */
+    uint32_t side_crc32;    /* zlib CRC-32 of the side frame                          */
+    uint32_t heavy_crc32;   /* zlib CRC-32 of the heavy frame (0 when dropped)        */
+    uint32_t flags;         /* CN_CHUNK_*                                             */
     uint32_t header_crc32;  /* zlib CRC-32 of this header with this field set to 0    */
     uint64_t n_exec;        /* record totals over the packets, for quick `info`       */
     uint64_t n_mem;
     uint64_t n_event;
-};                          /* 72 bytes */
+};                          /* 96 bytes (versions 1-2: 72) */
 
 /* A chunk's frame never decompresses to more than this (bytes). */
 #define CN_MAX_CHUNK_RAW (256u * 1024u * 1024u)
+
+/* An event ordinal of all ones: before the thread's first block (a fork
+ * child's return from fork). */
+#define CN_ORDINAL_BEFORE_FIRST UINT64_MAX
 
 #endif

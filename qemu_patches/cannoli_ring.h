@@ -27,7 +27,7 @@
 #include <stdint.h>
 #include "cannoli_format.h"
 
-#define CN_RING_VERSION 3
+#define CN_RING_VERSION 4
 
 enum cn_regs_state {
     CN_REGS_UNSET = 0,          /* the plugin never started                          */
@@ -46,7 +46,9 @@ struct cn_ring_header {
     uint32_t n_lanes;
     uint32_t recorder_pid;      /* producers check it is alive while they wait       */
     uint64_t lane_stride;       /* bytes from one lane to the next                   */
-    uint64_t seq;               /* atomic: global ordering sequence (segments)       */
+    uint64_t next_idx;          /* atomic: the next global instruction position; a
+                                   thread draws its segment's positions when it closes
+                                   the segment (format v3)                           */
     uint64_t next_block_id;     /* atomic: block ids, unique across threads/forks    */
     uint64_t guest_base;        /* host address of guest address 0 (set by plugin)   */
     uint32_t plugin_api;        /* QEMU plugin API version the plugin was built for  */
@@ -63,7 +65,8 @@ struct cn_ring_header {
     uint32_t regs_state;        /* CN_REGS_*: why registers are or are not recorded  */
     uint64_t regs_missed;       /* atomic, regs=check: register changes at block entry
                                    that the written-register masks did not predict   */
-    uint64_t reserved[4];
+    uint64_t next_stream;       /* atomic: the next thread stream id (from 1)        */
+    uint64_t reserved[3];
 };
 
 struct cn_lane_header {
@@ -77,9 +80,9 @@ struct cn_lane_header {
     uint32_t cur_done;          /* see struct cn_packet_header                       */
     uint32_t cur_progress;
     uint32_t cur_block;         /* block id of the thread's current block            */
-    uint32_t reserved0;
+    uint32_t stream;            /* the thread's stream id (packet header)            */
     uint64_t cur_snap;          /* hits[cur_block] when that block started           */
-    uint64_t reserved[1];
+    uint64_t seg_insns;         /* packet header's seg_insns                         */
 };
 
 /* Byte offsets of each section's array inside a lane (after the lane header). */
@@ -92,12 +95,13 @@ struct cn_lane_layout {
 
 static inline void cn_lane_layout(struct cn_lane_layout *l)
 {
+    /* PAGE is made by the recorder when it packs a lane: no room in the lane */
     static const size_t rec[CN_NSECTIONS] = {
-        4, 8, 8, 4, sizeof(struct cn_event), sizeof(struct cn_block), 1, 1, 1, 8, 4,
+        4, 8, 8, 4, sizeof(struct cn_event), sizeof(struct cn_block), 1, 1, 1, 8, 4, sizeof(struct cn_page),
     };
     static const uint32_t cap[CN_NSECTIONS] = {
         CN_CAP_EXEC, CN_CAP_MEM, CN_CAP_MEM, CN_CAP_MEM, CN_CAP_EVENT,
-        CN_CAP_BLOCK, CN_CAP_INSN_SIZE, CN_CAP_INSN_BYTES, CN_CAP_BLOB, CN_CAP_REG, CN_CAP_REG,
+        CN_CAP_BLOCK, CN_CAP_INSN_SIZE, CN_CAP_INSN_BYTES, CN_CAP_BLOB, CN_CAP_REG, CN_CAP_REG, 0,
     };
     size_t off = (sizeof(struct cn_lane_header) + 63) & ~(size_t)63;
     for (int s = 0; s < CN_NSECTIONS; s++) {

@@ -2,11 +2,13 @@
  * ring_consumer.c -- the recorder's side of the ring (loaded with cffi by
  * cannoli_db/recorder/ring.py).  Creates and initialises the ring, finds lanes
  * that producers published, copies a lane out as one packet
- * (cannoli_format.h), and hands lanes back.
+ * (cannoli_format.h) -- its header and side sections to one buffer, its heavy
+ * sections to another, as a version 3 chunk stores them -- and hands lanes back.
  *
  * Counts in a lane were written by another process that may have died at any
  * moment: every count is clamped to its section's capacity before use.
  */
+#include <stdbool.h>
 #include <string.h>
 
 #include "cannoli_ring.h"
@@ -18,15 +20,64 @@ CN_EXPORT size_t cn_consumer_ring_size(uint32_t n_lanes)
     return cn_ring_size(n_lanes);
 }
 
-CN_EXPORT size_t cn_consumer_max_packet_size(void)
+static bool is_side(int s)
+{
+    return (CN_SIDE_SECTIONS >> s) & 1u;
+}
+
+/* Most bytes one packet takes in the side (side != 0) or the heavy buffer. */
+CN_EXPORT size_t cn_consumer_max_part_size(int side)
 {
     struct cn_lane_layout l;
     cn_lane_layout(&l);
-    size_t size = sizeof(struct cn_packet_header);
+    size_t size = side ? sizeof(struct cn_packet_header) : 0;
     for (int s = 0; s < CN_NSECTIONS; s++) {
-        size += l.record_size[s] * l.capacity[s];
+        if (is_side(s) == (side != 0)) {
+            size += l.record_size[s] * (s == CN_SEC_PAGE ? CN_CAP_PAGE : l.capacity[s]);
+        }
     }
     return size;
+}
+
+/* The PAGE section (cannoli_format.h) of n accesses: an open-addressing table
+ * of the pages seen so far, cleared after each packet through its used slots. */
+#define PAGE_SLOTS (1u << 17)
+static uint32_t page_slot[PAGE_SLOTS]; /* 1 + index in pages, 0: empty */
+static uint32_t slot_used[CN_CAP_MEM];
+static struct cn_page pages[CN_CAP_PAGE];
+
+static uint32_t find_pages(const uint64_t *addr, const uint32_t *info, uint32_t n)
+{
+    uint32_t n_pages = 0;
+    uint64_t last_page = UINT64_MAX;
+    struct cn_page *p = NULL;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t page = addr[i] >> CN_PAGE_SHIFT;
+        if (page != last_page) {
+            uint32_t h = (uint32_t)((page * 0x9E3779B97F4A7C15ull) >> (64 - 17));
+            while (page_slot[h] && pages[page_slot[h] - 1].page != page) {
+                h = (h + 1) & (PAGE_SLOTS - 1);
+            }
+            if (!page_slot[h]) {
+                slot_used[n_pages] = h;
+                page_slot[h] = ++n_pages;
+                pages[n_pages - 1] = (struct cn_page){ page, 0, 0, i, i };
+            }
+            p = &pages[page_slot[h] - 1];
+            last_page = page;
+        }
+        uint64_t line = (uint64_t)1 << ((addr[i] >> CN_LINE_SHIFT) & 63);
+        if (info[i] & CN_MEMINFO_STORE) {
+            p->written_lines |= line;
+        } else {
+            p->read_lines |= line;
+        }
+        p->last = i;
+    }
+    for (uint32_t k = 0; k < n_pages; k++) {
+        page_slot[slot_used[k]] = 0;
+    }
+    return n_pages;
 }
 
 CN_EXPORT int cn_consumer_init(void *mem, size_t size, uint32_t n_lanes, uint32_t recorder_pid)
@@ -45,6 +96,7 @@ CN_EXPORT int cn_consumer_init(void *mem, size_t size, uint32_t n_lanes, uint32_
     r->lane_stride = l.stride;
     r->recorder_pid = recorder_pid;
     r->next_block_id = 1; /* 0 is never a block id */
+    r->next_stream = 1;   /* nor a stream id */
     r->hits_offset = cn_ring_lanes_end(n_lanes);
     r->hits_capacity = CN_HITS_CAPACITY;
     for (uint32_t i = 0; i < n_lanes; i++) {
@@ -144,20 +196,19 @@ static uint32_t value_bytes(const uint32_t *info, uint32_t n)
     return total;
 }
 
-/* Copy lane `lane_index` into `out` as one packet (format in cannoli_format.h);
- * returns its size in bytes, or 0 if it holds nothing.  `scratch` needs room
- * for CN_CAP_MEM uint64s.  Each executed block id below hist_len is counted in
- * hist; *max_id receives the largest id seen, so the caller can tell if hist
- * was too short. */
-CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *out, size_t cap,
-                                  uint32_t extra_flags, void *scratch, uint64_t *hist,
-                                  uint32_t hist_len, uint32_t *max_id)
+/* Copy lane `lane_index` as one packet: its header and side sections to
+ * `side`, its heavy sections to `heavy` (format in cannoli_format.h).  Returns
+ * the bytes written to `side` (0 if the lane holds nothing) and puts the
+ * heavy bytes in *heavy_used.  `scratch` needs room for CN_CAP_MEM uint64s. */
+CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, size_t side_cap, void *heavy,
+                                  size_t heavy_cap, uint32_t extra_flags, void *scratch, size_t *heavy_used)
 {
     struct cn_ring_header *r = mem;
     struct cn_lane_header *lane = cn_ring_lane(r, lane_index);
     struct cn_lane_layout l;
     cn_lane_layout(&l);
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    *heavy_used = 0;
 
     struct cn_packet_header h;
     memset(&h, 0, sizeof(h));
@@ -169,6 +220,8 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *out, siz
     h.tid = lane->tid;
     h.packet_seq = lane->packet_seq;
     h.exec_first = lane->exec_first;
+    h.stream = lane->stream;
+    h.seg_insns = lane->seg_insns;
     h.cur_done = lane->cur_done;
     /* lane: 1 + last instruction with a completed access (0: none);
      * packet: index of the last instruction known to have started */
@@ -192,7 +245,7 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *out, siz
         } else if (s == CN_SEC_REG_INFO) {
             c = h.count[CN_SEC_REG_VALUE];
         }
-        h.count[s] = c < l.capacity[s] ? c : l.capacity[s];
+        h.count[s] = c < l.capacity[s] ? c : l.capacity[s]; /* PAGE: 0 until computed below */
         total += h.count[s];
     }
     if (total == 0) {
@@ -201,18 +254,20 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *out, siz
     uint32_t n_mem = h.count[CN_SEC_MEM_ADDR];
     const uint32_t *info = cn_lane_section(lane, &l, CN_SEC_MEM_INFO);
     h.count[CN_SEC_MEM_VALUE] = value_bytes(info, n_mem);
-    size_t need = sizeof(h);
+    h.count[CN_SEC_PAGE] = find_pages(cn_lane_section(lane, &l, CN_SEC_MEM_ADDR), info, n_mem);
+    size_t need[2] = { 0, sizeof(h) }; /* heavy, side */
     for (int s = 0; s < CN_NSECTIONS; s++) {
-        need += h.count[s] * (s == CN_SEC_MEM_VALUE ? 1 : l.record_size[s]);
+        need[is_side(s)] += h.count[s] * (s == CN_SEC_MEM_VALUE ? 1 : l.record_size[s]);
     }
-    if (need > cap) {
+    if (need[1] > side_cap || need[0] > heavy_cap) {
         return 0;
     }
-    char *p = out;
-    memcpy(p, &h, sizeof(h));
-    p += sizeof(h);
+    char *out[2] = { heavy, side };
+    memcpy(out[1], &h, sizeof(h));
+    out[1] += sizeof(h);
     for (int s = 0; s < CN_NSECTIONS; s++) {
         const void *src = cn_lane_section(lane, &l, s);
+        char *p = out[is_side(s)];
         if (s == CN_SEC_MEM_ADDR) {
             p = put_addr(p, src, n_mem, scratch);
         } else if (s == CN_SEC_MEM_VALUE) {
@@ -223,23 +278,18 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *out, siz
             p = put_reg_values(p, src, cn_lane_section(lane, &l, CN_SEC_REG_INFO), h.count[s], scratch);
         } else if (s == CN_SEC_REG_INFO) {
             p = put_info(p, src, h.count[s], scratch);
+        } else if (s == CN_SEC_PAGE) {
+            memcpy(p, pages, h.count[s] * sizeof(struct cn_page));
+            p += h.count[s] * sizeof(struct cn_page);
         } else {
             size_t bytes = h.count[s] * l.record_size[s];
             memcpy(p, src, bytes);
             p += bytes;
         }
+        out[is_side(s)] = p;
     }
-    const uint32_t *exec = cn_lane_section(lane, &l, CN_SEC_EXEC);
-    uint32_t top = 0;
-    for (uint32_t i = 0; i < h.count[CN_SEC_EXEC]; i++) {
-        uint32_t id = exec[i];
-        top = id > top ? id : top;
-        if (id < hist_len) {
-            hist[id]++;
-        }
-    }
-    *max_id = top;
-    return need;
+    *heavy_used = need[0];
+    return need[1];
 }
 
 /* Give a lane back to the producers. */

@@ -20,13 +20,13 @@ from pathlib import Path
 
 from cannoli_db import __version__, config, guest_binary, native, syscall_tables, tracedir
 from cannoli_db import format as F
-from cannoli_db.decode import view_packet
+from cannoli_db.decode import split_view
 from cannoli_db.errors import CannoliError
-from cannoli_db.stream_stats import StreamStats
 
 from . import layout_log
 from .chunk_writer import ChunkWriter
 from .ring import Ring, ring_header
+from .stream_stats import StreamStats
 
 DRAIN_IDLE_SLEEP = 0.0005
 
@@ -162,8 +162,8 @@ def record(opts: RecordOptions) -> RecordResult:
     trace_dir = tracedir.create(opts.out_dir or tracedir.default_trace_dir(opts.program), opts.force)
     meta = _initial_meta(opts, guest, qemu)
     tracedir.write_meta(trace_dir, meta)
-    writer = ChunkWriter(trace_dir / tracedir.CHUNKS_NAME, ring.max_packet_size, level=opts.zstd_level)
-    stats = StreamStats()
+    writer = ChunkWriter(trace_dir / tracedir.CHUNKS_NAME, ring.max_side, ring.max_heavy, level=opts.zstd_level)
+    stats = StreamStats(arch=guest.arch)
     started = time.monotonic()
     try:
         with _Interrupts() as interrupts:
@@ -177,7 +177,7 @@ def record(opts: RecordOptions) -> RecordResult:
             meta["initial_layout"] = _take_layout(trace_dir)
             wall = time.monotonic() - started
             header = ring_header(ring)
-            instructions = stats.instructions(ring.exec_hist, header["target"].decode(errors="replace"))
+            instructions, drawn = stats.instructions()
             if not header["plugin_ready"]:
                 raise CannoliError(
                     f"QEMU exited (status {returncode}) without loading the plugin; its message is above"
@@ -193,6 +193,8 @@ def record(opts: RecordOptions) -> RecordResult:
         meta.update(complete=False, error=str(error), end_time=_now())
         tracedir.write_meta(trace_dir, meta)
         raise CannoliError(f"recording stopped: {error}; the chunks written so far in {trace_dir} are valid")
+    if drawn != header["next_idx"]:
+        meta["positions_lost"] = header["next_idx"] - drawn
     return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0)
 
 
@@ -230,19 +232,20 @@ def _drain(ring: Ring, proc: subprocess.Popen, writer: ChunkWriter, stats: Strea
     """Move packets from the ring to chunk files until QEMU exits, then salvage.
     Returns the error that stopped writing (e.g. disk full), if any."""
 
-    def keep(buf: bytearray, offset: int, size: int) -> int:
-        if size:
-            stats.add(buf, view_packet(buf, offset))
-            writer.commit(size)
-        return size
+    def keep(room, side: int, heavy: int) -> int:
+        if side:
+            view, _, _ = split_view(room[0], room[1], room[2], room[3])
+            stats.add(view)
+            writer.commit(side, heavy, view.counts)
+        return side
 
     def take() -> int:
-        buf, offset = writer.room()
-        return keep(buf, offset, ring.take_full(buf, offset))
+        room = writer.room()
+        return keep(room, *ring.take_full(room))
 
     def salvage_room():
-        buf, offset = writer.room()
-        return buf, offset, lambda size: keep(buf, offset, size)
+        room = writer.room()
+        return room, lambda side, heavy: keep(room, side, heavy)
 
     try:
         while True:

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import duckdb
 import pytest
 from elftools.elf.elffile import ELFFile
 
 from cannoli_db import format as F
 from cannoli_db.decode import iter_packets
+from cannoli_db.query.database import connect
 
 TESTS = Path(__file__).parent
 GUESTS = TESTS / "guests"
@@ -309,7 +309,8 @@ def symbol(program, name):
 
 
 def query(trace, sql, *params):
-    with duckdb.connect(str(trace / "trace.duckdb"), read_only=True) as con:
+    """Rows of SQL over a trace's tables and views, through the one way to open them."""
+    with connect(trace) as con:
         return con.execute(sql, params).fetchall()
 
 

@@ -12,7 +12,8 @@ import capstone
 import pytest
 from elftools.elf.elffile import ELFFile
 
-from cannoli_db import Trace, named_queries
+from cannoli_db import Trace
+from cannoli_db.query import named as named_queries
 
 from .conftest import function_containing, run_cannoli, symbol
 

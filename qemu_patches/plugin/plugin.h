@@ -53,6 +53,12 @@ struct cn_thread {
     const struct cn_tb *cur;       /* block executing now                        */
     uint64_t exec_ord;             /* blocks started so far                      */
     uint64_t segment_start;        /* first exec ordinal of the open segment     */
+    uint64_t seg_insns;            /* instructions of the open segment's execs     */
+    uint64_t cur_before;           /* instructions of the current block's segment that
+                                      precede it                                    */
+    uint32_t cur_insns;            /* the current block's counted instructions: all
+                                      of them until it is found cut short          */
+    uint32_t stream;               /* stream id, unique in the recording         */
     uint64_t packet_seq;
     uint32_t pid, tid, parent_pid;
     unsigned int vcpu;             /* QEMU's vCPU index of this thread            */
@@ -81,11 +87,19 @@ extern __thread struct cn_thread cn_self __attribute__((tls_model("initial-exec"
 
 /* plugin_lane.c */
 CN_HIDDEN struct cn_thread *cn_thread_begin(struct cn_thread *t);
-CN_HIDDEN void cn_lane_rollover(struct cn_thread *t);
+/* Publish the full lane and take a fresh one.  The open segment is closed
+ * first, without the current block unless it is known to be complete
+ * (between_blocks, or cur_done): a packet then ends at a segment boundary or
+ * with only the current block, whose count may still change, left open.  In
+ * the middle of a block the new lane repeats that block as its exec[0]
+ * (CN_PACKET_CONTINUES) for the records it still makes. */
+CN_HIDDEN void cn_lane_rollover(struct cn_thread *t, bool between_blocks);
 CN_HIDDEN void cn_lane_publish(struct cn_thread *t, uint32_t flags);
 CN_HIDDEN struct cn_event *cn_event_new(struct cn_thread *t, uint16_t kind, uint64_t ordinal);
 CN_HIDDEN void cn_event_commit(struct cn_thread *t);
-CN_HIDDEN uint64_t cn_seq_next(void);
+/* Close the open segment at end_ordinal (the thread's exec_ord, or exec_ord - 1
+ * to leave the current block in the next segment): draw its global positions
+ * and write the SEGMENT event.  Returns the event's seq. */
 CN_HIDDEN uint64_t cn_segment_close(struct cn_thread *t, uint64_t end_ordinal);
 CN_HIDDEN void cn_thread_exit(struct cn_thread *t);
 CN_HIDDEN void cn_lane_install_fork_handler(void);
@@ -130,6 +144,7 @@ CN_HIDDEN void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
 CN_HIDDEN void cn_regs_select(qemu_plugin_id_t id, unsigned int vcpu_index);
 CN_HIDDEN void cn_regs_emit_names(struct cn_thread *t);
 CN_HIDDEN void cn_regs_record(struct cn_thread *t, uint64_t wanted);
+CN_HIDDEN void cn_regs_keyframe(struct cn_thread *t);
 /* plugin_reg_writes.c */
 CN_HIDDEN void cn_reg_writes_init(const char *const *names, unsigned int n);
 CN_HIDDEN uint64_t cn_reg_writes(const struct cn_tb *d);

@@ -70,7 +70,7 @@ static void emit_block_def(struct cn_thread *t, const struct cn_tb *d, uint32_t 
     if (lane->count[CN_SEC_BLOCK] + 1 > CN_CAP_BLOCK ||
         lane->count[CN_SEC_INSN_SIZE] + n_insns > CN_CAP_INSN_SIZE ||
         lane->count[CN_SEC_INSN_BYTES] + n_bytes > CN_CAP_INSN_BYTES) {
-        cn_lane_rollover(t);
+        cn_lane_rollover(t, false);
         lane = t->lane;
     }
     memcpy((uint8_t *)cn_sec(lane, CN_SEC_INSN_SIZE) + lane->count[CN_SEC_INSN_SIZE],
@@ -135,10 +135,15 @@ static void resolve_interrupted(struct cn_thread *t, uint64_t next_pc, bool dyin
     if (ran >= d->n_insns) {
         return;
     }
+    /* before the twin's definition, which may roll the lane over and close the segment */
+    t->seg_insns -= d->n_insns - ran;
+    t->cur_insns = ran;
     uint32_t id = twin_block_id(t, d, ran);
     struct cn_lane_header *lane = t->lane;
     uint32_t n = lane->count[CN_SEC_EXEC];
-    if (n > 0 && lane->exec_first + n - 1 == ordinal) {
+    /* rewritten where this lane holds the exec's own record (not a continuation) */
+    bool own = n > 1 || !(lane->flags & CN_PACKET_CONTINUES);
+    if (n > 0 && own && lane->exec_first + n - 1 == ordinal) {
         ((uint32_t *)cn_sec(lane, CN_SEC_EXEC))[n - 1] = id;
         return;
     }
@@ -160,6 +165,9 @@ static inline void record_exec(struct cn_thread *t, struct cn_lane_header *lane,
     cn_count_set(lane, CN_SEC_EXEC, n + 1);
     t->cur = d;
     t->exec_ord++;
+    t->cur_before = t->seg_insns;
+    t->cur_insns = d->n_insns;
+    t->seg_insns += d->n_insns;
 }
 
 static inline bool prev_block_cut_short(const struct cn_thread *t)
@@ -182,7 +190,7 @@ static __attribute__((noinline)) void tb_exec_slow(const struct cn_tb *d, unsign
         cn_segment_close(t, t->exec_ord);
     }
     if (t->lane->count[CN_SEC_EXEC] == CN_CAP_EXEC) {
-        cn_lane_rollover(t);
+        cn_lane_rollover(t, true);
     }
     record_exec(t, t->lane, t->lane->count[CN_SEC_EXEC], d);
 }

@@ -25,11 +25,6 @@ __thread struct cn_thread cn_self __attribute__((tls_model("initial-exec")));
  * losslessly, so the guest is stopped rather than run unrecorded. */
 #define CN_EXIT_RECORDER_GONE 70
 
-uint64_t cn_seq_next(void)
-{
-    return __atomic_add_fetch(&cn_cfg.ring->seq, 1, __ATOMIC_SEQ_CST);
-}
-
 static bool recorder_alive(void)
 {
     struct cn_ring_header *r = cn_cfg.ring;
@@ -82,18 +77,21 @@ struct cn_block_state {
     uint64_t snap;
 };
 
-static void lane_begin(struct cn_thread *t, struct cn_block_state cur)
+/* continues: the thread is inside its current block, which exec[0] repeats */
+static void lane_begin(struct cn_thread *t, struct cn_block_state cur, bool continues)
 {
     struct cn_lane_header *lane = lane_take(t->tid);
-    lane->flags = 0;
+    lane->flags = continues ? CN_PACKET_CONTINUES : 0;
     lane->pid = t->pid;
     lane->tid = t->tid;
     lane->packet_seq = t->packet_seq++;
-    lane->exec_first = t->exec_ord;
+    lane->exec_first = continues ? t->exec_ord - 1 : t->exec_ord;
     lane->cur_done = cur.done;
     lane->cur_progress = cur.progress;
     lane->cur_block = cur.block;
     lane->cur_snap = cur.snap;
+    lane->stream = t->stream;
+    lane->seg_insns = continues ? t->cur_before : t->seg_insns;
     for (int s = 0; s < CN_NSECTIONS; s++) {
         lane->count[s] = 0;
     }
@@ -102,6 +100,11 @@ static void lane_begin(struct cn_thread *t, struct cn_block_state cur)
     t->mem_value = cn_sec(lane, CN_SEC_MEM_VALUE);
     t->mem_info = cn_sec(lane, CN_SEC_MEM_INFO);
     t->lane = lane;
+    if (continues) {
+        t->exec[0] = cur.block;
+        cn_count_set(lane, CN_SEC_EXEC, 1);
+        cn_regs_keyframe(t);
+    }
 }
 
 void cn_lane_publish(struct cn_thread *t, uint32_t flags)
@@ -113,25 +116,22 @@ void cn_lane_publish(struct cn_thread *t, uint32_t flags)
     __atomic_store_n(&lane->state, CN_LANE_FULL, __ATOMIC_RELEASE);
 }
 
-void cn_lane_rollover(struct cn_thread *t)
+/* One event slot of every lane is kept for the SEGMENT event a rollover writes. */
+static uint32_t usable_capacity(int section)
 {
-    struct cn_lane_header *old = t->lane;
-    struct cn_block_state cur = { old->cur_done, old->cur_progress, old->cur_block, old->cur_snap };
-    cn_lane_publish(t, 0);
-    lane_begin(t, cur);
+    return cn_cfg.layout.capacity[section] - (section == CN_SEC_EVENT ? 1u : 0u);
 }
 
 bool cn_lane_reserve(struct cn_thread *t, int section, uint32_t n)
 {
-    if (t->lane->count[section] + n > cn_cfg.layout.capacity[section]) {
-        cn_lane_rollover(t);
+    if (t->lane->count[section] + n > usable_capacity(section)) {
+        cn_lane_rollover(t, false);
     }
-    return n <= cn_cfg.layout.capacity[section];
+    return n <= usable_capacity(section);
 }
 
-struct cn_event *cn_event_new(struct cn_thread *t, uint16_t kind, uint64_t ordinal)
+static struct cn_event *event_at_end(struct cn_thread *t, uint16_t kind, uint64_t ordinal)
 {
-    cn_lane_reserve(t, CN_SEC_EVENT, 1);
     struct cn_event *ev = (struct cn_event *)cn_sec(t->lane, CN_SEC_EVENT) +
                           t->lane->count[CN_SEC_EVENT];
     memset(ev, 0, sizeof(*ev));
@@ -140,21 +140,64 @@ struct cn_event *cn_event_new(struct cn_thread *t, uint16_t kind, uint64_t ordin
     return ev;
 }
 
+struct cn_event *cn_event_new(struct cn_thread *t, uint16_t kind, uint64_t ordinal)
+{
+    cn_lane_reserve(t, CN_SEC_EVENT, 1);
+    return event_at_end(t, kind, ordinal);
+}
+
 void cn_event_commit(struct cn_thread *t)
 {
     cn_count_set(t->lane, CN_SEC_EVENT, t->lane->count[CN_SEC_EVENT] + 1);
 }
 
-uint64_t cn_segment_close(struct cn_thread *t, uint64_t end_ordinal)
+/* in_reserved_slot: a rollover's close, written into the slot kept for it */
+static uint64_t segment_close(struct cn_thread *t, uint64_t end_ordinal, bool in_reserved_slot)
 {
-    struct cn_event *ev = cn_event_new(t, CN_EV_SEGMENT, end_ordinal);
-    uint64_t seq = cn_seq_next();
-    ev->seq = seq;
+    /* (taking the event slot may roll the lane over, which closes a segment:
+     * the counts below are read after it) */
+    struct cn_event *ev = in_reserved_slot ? event_at_end(t, CN_EV_SEGMENT, end_ordinal)
+                                           : cn_event_new(t, CN_EV_SEGMENT, end_ordinal);
+    /* the current block stays open when the segment ends before it */
+    bool carried = end_ordinal < t->exec_ord && t->cur;
+    uint64_t carry = carried ? t->cur_insns : 0;
+    uint64_t insns = t->seg_insns - carry;
+    uint64_t first = __atomic_fetch_add(&cn_cfg.ring->next_idx, insns, __ATOMIC_SEQ_CST);
+    ev->seq = first + insns;
+    ev->v[0] = first;
+    ev->v[1] = insns;
     cn_event_commit(t);
     t->segment_start = end_ordinal;
-    /* every segment (syscalls close one) reads all registers again */
+    t->seg_insns = carry;
+    if (carried) {
+        t->cur_before = 0; /* the current block begins the next segment */
+    }
+    /* every segment (syscalls close one) reads all registers again: a keyframe */
     t->regs_resync = true;
-    return seq;
+    return ev->seq;
+}
+
+uint64_t cn_segment_close(struct cn_thread *t, uint64_t end_ordinal)
+{
+    return segment_close(t, end_ordinal, false);
+}
+
+void cn_lane_rollover(struct cn_thread *t, bool between_blocks)
+{
+    struct cn_lane_header *old = t->lane;
+    bool current_complete = between_blocks || old->cur_done || t->cur == NULL;
+    uint64_t end = t->exec_ord - (current_complete || t->exec_ord == 0 ? 0 : 1);
+    if (end > t->segment_start) {
+        segment_close(t, end, true);
+    }
+    struct cn_block_state cur = { old->cur_done, old->cur_progress, old->cur_block, old->cur_snap };
+    cn_lane_publish(t, 0);
+    lane_begin(t, cur, !between_blocks && t->cur != NULL);
+}
+
+static uint64_t position_now(void)
+{
+    return __atomic_load_n(&cn_cfg.ring->next_idx, __ATOMIC_SEQ_CST);
 }
 
 struct cn_thread *cn_thread_begin(struct cn_thread *t)
@@ -163,24 +206,25 @@ struct cn_thread *cn_thread_begin(struct cn_thread *t)
         t->started = true;
         t->pid = (uint32_t)getpid();
         t->tid = (uint32_t)syscall(SYS_gettid);
-        lane_begin(t, (struct cn_block_state){ 1, 0, 0, 0 });
+        t->stream = (uint32_t)__atomic_fetch_add(&cn_cfg.ring->next_stream, 1, __ATOMIC_RELAXED);
+        lane_begin(t, (struct cn_block_state){ 1, 0, 0, 0 }, false);
         struct cn_event *ev = cn_event_new(t, CN_EV_THREAD_START, t->exec_ord);
-        ev->seq = cn_seq_next();
+        ev->seq = position_now();
         ev->v[0] = t->pid;
         ev->v[1] = t->tid;
         ev->v[2] = t->parent_pid;
         cn_event_commit(t);
     } else {
-        lane_begin(t, (struct cn_block_state){ 1, 0, 0, 0 });
+        lane_begin(t, (struct cn_block_state){ 1, 0, 0, 0 }, false);
     }
     return t;
 }
 
 void cn_thread_exit(struct cn_thread *t)
 {
-    cn_segment_close(t, t->exec_ord);
+    uint64_t seq = cn_segment_close(t, t->exec_ord);
     struct cn_event *ev = cn_event_new(t, CN_EV_THREAD_EXIT, t->exec_ord);
-    ev->seq = cn_seq_next();
+    ev->seq = seq;
     cn_event_commit(t);
     cn_lane_publish(t, CN_PACKET_LAST);
     cn_regs_forget(t);

@@ -20,20 +20,19 @@
 
 #include "plugin.h"
 
+/* word: the info word without its link, which names the lane's last exec */
 static inline void put_access(struct cn_thread *t, uint64_t vaddr, uint64_t value, uint32_t word)
 {
     struct cn_lane_header *lane = t->lane;
     uint32_t n = lane->count[CN_SEC_MEM_ADDR];
     if (CN_UNLIKELY(n == CN_CAP_MEM)) {
-        cn_lane_rollover(t);
+        cn_lane_rollover(t, false);
         lane = t->lane;
         n = 0;
-        word = (word & ((1u << CN_MEMINFO_LINK_SHIFT) - 1u)) |
-               (lane->count[CN_SEC_EXEC] << CN_MEMINFO_LINK_SHIFT);
     }
     t->mem_addr[n] = vaddr;
     t->mem_value[n] = value;
-    t->mem_info[n] = word;
+    t->mem_info[n] = word | (lane->count[CN_SEC_EXEC] << CN_MEMINFO_LINK_SHIFT);
     /* the three mem sections share one count: MEM_ADDR's */
     cn_count_set(lane, CN_SEC_MEM_ADDR, n + 1);
 }
@@ -46,9 +45,7 @@ void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vadd
     unsigned shift = size_shift > 3 ? 3 : size_shift; /* 16 bytes: two 8-byte halves */
     uint64_t value[2];
     unsigned halves = cn_compat_mem_value(info, cn_cfg.guest_base + vaddr, size_shift, value);
-    uint32_t word = (uint32_t)(uintptr_t)udata | shift |
-                    (qemu_plugin_mem_is_store(info) ? CN_MEMINFO_STORE : 0) |
-                    (t->lane->count[CN_SEC_EXEC] << CN_MEMINFO_LINK_SHIFT);
+    uint32_t word = (uint32_t)(uintptr_t)udata | shift | (qemu_plugin_mem_is_store(info) ? CN_MEMINFO_STORE : 0);
     put_access(t, vaddr, value[0], word);
     if (halves == 2) {
         put_access(t, vaddr + 8, value[1], word);

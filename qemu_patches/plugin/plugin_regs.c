@@ -14,8 +14,10 @@
  * instruction of it explains -- the thread's first block, a syscall, a
  * possible signal handler entry, a block cut short -- and at every ordering
  * segment; it writes those whose value differs from the thread's previous
- * block entry.  regs=check reads all of them every time and counts changes
- * the masks missed (the ring's regs_missed; the tests expect 0).
+ * block entry, and where it read everything anyway (first block, after a
+ * segment) every register as a keyframe, so a reader finds each value at most
+ * one segment back.  regs=check reads all of them every time and counts
+ * changes the masks missed (the ring's regs_missed; the tests expect 0).
  *
  * Record: 8 bytes value (the register's bytes in target order, read as a
  * little-endian integer: all supported targets are little-endian) and 4 bytes
@@ -181,34 +183,37 @@ void cn_regs_record(struct cn_thread *t, uint64_t wanted)
     }
     /* the last slot is never a register's: 0 until the thread's first block */
     bool first = t->regs[CN_MAX_REGS - 1] == 0;
-    bool resync = first || t->regs_resync;
+    /* a resync (first block, after a segment) writes a keyframe: every register */
+    bool keyframe = first || t->regs_resync;
     uint64_t predicted = wanted;
-    if (resync || cn_cfg.regs_check) {
+    if (keyframe || cn_cfg.regs_check) {
         wanted = ~(uint64_t)0;
         t->regs_resync = false;
     }
     wanted &= ((uint64_t)1 << n_regs) - 1u; /* n_regs < 64 */
     struct cn_lane_header *lane = t->lane;
     if (lane->count[CN_SEC_REG_INFO] + n_regs > CN_CAP_REG) {
-        cn_lane_rollover(t);
+        cn_lane_rollover(t, false);
         lane = t->lane;
     }
     uint64_t *values = cn_sec(lane, CN_SEC_REG_VALUE);
     uint32_t *info = cn_sec(lane, CN_SEC_REG_INFO);
     uint32_t n = lane->count[CN_SEC_REG_INFO];
     uint32_t link = lane->count[CN_SEC_EXEC] << CN_REGINFO_LINK_SHIFT;
+    uint32_t frame = keyframe ? CN_REGINFO_KEYFRAME : 0;
     for (uint64_t todo = wanted; todo; todo &= todo - 1u) {
         unsigned int r = (unsigned int)__builtin_ctzll(todo);
         uint64_t v = read_register(t->reg_buf, r);
-        if (v == t->regs[r] && !first) {
+        bool changed = v != t->regs[r] || first;
+        if (!changed && !keyframe) {
             continue;
         }
-        if (!resync && !((predicted >> r) & 1)) {
+        if (changed && !keyframe && !((predicted >> r) & 1)) {
             __atomic_add_fetch(&cn_cfg.ring->regs_missed, 1, __ATOMIC_RELAXED);
         }
         t->regs[r] = v;
         values[n] = v;
-        info[n] = r | link;
+        info[n] = r | link | frame | (changed ? CN_REGINFO_CHANGED : 0);
         n++;
     }
     t->regs[CN_MAX_REGS - 1] = 1;
@@ -216,7 +221,32 @@ void cn_regs_record(struct cn_thread *t, uint64_t wanted)
     cn_count_set(lane, CN_SEC_REG_INFO, n);
 }
 
+/* A packet that continues the current block starts with its registers at that
+ * block's entry (t->regs holds them), so that the block, which may begin an
+ * ordering segment, has a keyframe like every segment's first block. */
+void cn_regs_keyframe(struct cn_thread *t)
+{
+    if (!cn_cfg.record_regs || !t->regs || t->regs[CN_MAX_REGS - 1] == 0) {
+        return;
+    }
+    struct cn_lane_header *lane = t->lane;
+    uint64_t *values = cn_sec(lane, CN_SEC_REG_VALUE);
+    uint32_t *info = cn_sec(lane, CN_SEC_REG_INFO);
+    uint32_t n = lane->count[CN_SEC_REG_INFO];
+    uint32_t link = lane->count[CN_SEC_EXEC] << CN_REGINFO_LINK_SHIFT;
+    for (unsigned int r = 0; r < n_regs && n < CN_CAP_REG; r++, n++) {
+        values[n] = t->regs[r];
+        info[n] = r | link | CN_REGINFO_KEYFRAME;
+    }
+    cn_count_set(lane, CN_SEC_REG_INFO, n);
+}
+
 #else
+
+void cn_regs_keyframe(struct cn_thread *t)
+{
+    (void)t;
+}
 
 void cn_regs_select(qemu_plugin_id_t id, unsigned int vcpu_index)
 {

@@ -8,10 +8,11 @@
 -- columns: idx, tid, pc, kind, addr, size, value
 --   kind: 'write' or 'read'.
 -- example: cannoli query app.cannoli history -p addr=counter -p size=8 --format csv
+-- window: earliest accesses
 WITH cand AS (
     SELECT idx, tid, pc, CASE WHEN is_write THEN 'write' ELSE 'read' END AS kind, addr, size, value
-    FROM mem_by_addr
-    WHERE addr BETWEEN greatest($addr::UBIGINT, 64) - 64 AND $addr::UBIGINT + $size - 1
+    FROM mem_window
+    WHERE addr BETWEEN greatest($addr::UBIGINT, 7) - 7 AND $addr::UBIGINT + $size - 1
       AND addr + size > $addr::UBIGINT
       AND idx >= $from::UBIGINT
       AND idx < coalesce($to::UBIGINT, 18446744073709551615::UBIGINT)

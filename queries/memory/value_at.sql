@@ -7,13 +7,14 @@
 --   byte_addr: the byte's address; value: the byte (0-255) or NULL if unknown;
 --   idx/pc/is_write: the access it comes from.
 -- example: cannoli query app.cannoli value_at -p addr=0x4c6f00 -p size=16 -p at=50000
+-- window: latest accesses
 --
 -- Memory written by the kernel (read(2), mmap of a file) is only known once a
 -- guest instruction accessed it.
 WITH cand AS (
     SELECT idx, pc, addr, size, is_write, value
-    FROM mem_by_addr
-    WHERE addr BETWEEN greatest($addr::UBIGINT, 64) - 64 AND $addr::UBIGINT + $size - 1
+    FROM mem_window
+    WHERE addr BETWEEN greatest($addr::UBIGINT, 7) - 7 AND $addr::UBIGINT + $size - 1
       AND addr + size > $addr::UBIGINT
       AND (idx < coalesce($at::UBIGINT, 18446744073709551615::UBIGINT)
            OR (idx = $at::UBIGINT AND NOT is_write))

@@ -7,11 +7,12 @@
 -- param limit: integer = 1000  at most this many rows
 -- columns: idx, tid, pc, addr, size, value
 -- example: cannoli query app.cannoli who_read -p addr=config -p size=4
+-- window: earliest reads
 WITH cand AS (
     SELECT idx, tid, pc, addr, size, value
-    FROM mem_by_addr
+    FROM mem_window
     WHERE NOT is_write
-      AND addr BETWEEN greatest($addr::UBIGINT, 64) - 64 AND $addr::UBIGINT + $size - 1
+      AND addr BETWEEN greatest($addr::UBIGINT, 7) - 7 AND $addr::UBIGINT + $size - 1
       AND addr + size > $addr::UBIGINT
       AND idx >= $from::UBIGINT
       AND idx < coalesce($to::UBIGINT, 18446744073709551615::UBIGINT)

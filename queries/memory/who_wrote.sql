@@ -8,14 +8,16 @@
 --   first_byte/last_byte: the part of the query range it covers (absolute addresses);
 --   bytes: how many bytes of the query range it is the last write for.
 -- example: cannoli query app.cannoli who_wrote -p addr=counter -p size=8 -p before=120000
+-- window: latest writes
 --
--- Reads mem_by_addr (sorted by addr) so that only the row groups near addr are
--- scanned.  An access is at most 64 bytes wide, hence the 64-byte window.
+-- mem_window holds the accesses near the range that can answer it: the store's
+-- address index names the packets (cannoli_db/query/window.py).  An access is
+-- at most 8 bytes wide, so one covering byte A starts in [A - 7, A].
 WITH cand AS (
     SELECT idx, tid, pc, addr, size, value
-    FROM mem_by_addr
+    FROM mem_window
     WHERE is_write
-      AND addr BETWEEN greatest($addr::UBIGINT, 64) - 64 AND $addr::UBIGINT + $size - 1
+      AND addr BETWEEN greatest($addr::UBIGINT, 7) - 7 AND $addr::UBIGINT + $size - 1
       AND addr + size > $addr::UBIGINT
       AND idx < coalesce($before::UBIGINT, 18446744073709551615::UBIGINT)
 ),

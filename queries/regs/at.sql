@@ -5,20 +5,38 @@
 --   tid: the thread that ran position at; n/reg: register number and name
 --   (pc comes last, as n = 255); value: its value at block_start, the entry
 --   of the block holding position at (pc: the pc of position at itself);
---   set_at: the block entry where that value was recorded (the latest change).
+--   set_at: the block entry where that value was last recorded (a change, or
+--   the keyframe the thread's segment starts with).
 -- example: cannoli query app.cannoli registers_at -p at=120000
 --
--- Registers are recorded at block entry, as changes: a register's value at a
--- block entry is its latest change at or before it in the same thread.
+-- Registers are recorded at block entry as changes, and in full (a keyframe,
+-- table regs_keys) at the first block of every ordering segment.  A segment
+-- holds at most 1024 blocks of at most 512 instructions, in consecutive
+-- positions, so the keyframe lies at most 2^19 positions before the block:
+-- both lookups read only the row groups of that window.
 WITH here AS (
     SELECT e.idx AS block_start, e.tid, e.block_id
     FROM exec e
     WHERE e.idx <= $at::UBIGINT AND e.idx >= greatest($at::UBIGINT, 511) - 511
       AND $at::UBIGINT < e.idx + e.icount
 ),
+keyframe AS (
+    SELECT here.tid, here.block_start, max(k.idx) AS key_idx
+    FROM here JOIN regs_keys k ON k.tid = here.tid AND k.idx <= here.block_start
+    WHERE k.idx >= greatest($at::UBIGINT, 524799) - 524799 AND k.idx <= $at::UBIGINT
+    GROUP BY ALL
+),
+recorded AS (
+    SELECT k.n, k.value, k.idx FROM keyframe f JOIN regs_keys k ON k.tid = f.tid AND k.idx = f.key_idx
+    WHERE k.idx >= greatest($at::UBIGINT, 524799) - 524799 AND k.idx <= $at::UBIGINT
+    UNION ALL
+    SELECT r.n, r.value, r.idx FROM keyframe f JOIN regs r ON r.tid = f.tid AND r.idx > f.key_idx
+        AND r.idx <= f.block_start
+    WHERE r.idx >= greatest($at::UBIGINT, 524799) - 524799 AND r.idx <= $at::UBIGINT
+),
 latest AS (
-    SELECT here.tid, r.n, r.reg, arg_max(r.value, r.idx) AS value, here.block_start, max(r.idx) AS set_at
-    FROM here JOIN regs r ON r.tid = here.tid AND r.idx <= here.block_start
+    SELECT f.tid, c.n, rn.reg, arg_max(c.value, c.idx) AS value, f.block_start, max(c.idx) AS set_at
+    FROM recorded c CROSS JOIN keyframe f JOIN reg_names rn ON rn.n = c.n
     GROUP BY ALL
 )
 SELECT * FROM latest

@@ -22,7 +22,7 @@ import pyarrow as pa
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from . import format as F
+from .. import format as F
 
 PAGE = 4096
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
@@ -135,12 +135,12 @@ class _Builder:
         self.modules.append((pid, guest_path, bias + image.low, bias + image.high, bias, kind))
 
 
-def _initial_layout(b: _Builder, meta: dict, ev: np.ndarray, blobs: dict) -> None:
+def _initial_layout(b: _Builder, meta: dict, events) -> None:
+    ev = events.table()
     processes = ev[ev["kind"] == F.EV_PROCESS]
     for e in processes:
         pid = int(e["pid"])
-        program = meta.get("program_path") or blobs.get(
-            (int(e["pid"]), int(e["tid"]), int(e["packet_seq"]), int(e["i"])), b"").decode(errors="backslashreplace")
+        program = meta.get("program_path") or events.blob(e).decode(errors="backslashreplace")
         exe = read_elf(program)
         if exe is None:
             continue
@@ -250,10 +250,10 @@ def _symbols(b: _Builder) -> pa.Table:
     })
 
 
-def load(con, meta: dict, ev: np.ndarray, blobs: dict, plan) -> None:
+def load(con, meta: dict, events) -> None:
     """Fill mmaps, modules and symbols (the syscalls tables must be loaded)."""
     b = _Builder(meta.get("sysroot"))
-    _initial_layout(b, meta, ev, blobs)
+    _initial_layout(b, meta, events)
     _changes(b, con)
     if b.mmaps:
         con.executemany("INSERT INTO mmaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", b.mmaps)

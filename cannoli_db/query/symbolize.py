@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from .errors import CannoliError
+from ..errors import CannoliError
 
 _ADDRESS = re.compile(r"^(?:(?P<module>[^!\s]+)!)?(?P<name>[A-Za-z_.$@][\w.$@]*)\s*(?:(?P<sign>[+-])\s*(?P<offset>\w+))?$")
 # a symbol with no size is taken to cover at most this many bytes after it

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import tracedir
-from .indexer import DB_NAME, recording_problem
+from .. import tracedir
 from .trace import Trace
 
 
 def describe(trace: Path) -> list[tuple[str, object]]:
-    index = Trace.open(trace) if (Path(trace) / DB_NAME).exists() else None
+    index = Trace.open(trace) if (Path(trace) / tracedir.DB_NAME).exists() else None
     try:
         return _facts(trace, _meta(trace, index), index)
     finally:
@@ -29,14 +28,14 @@ def _meta(trace: Path, index: Trace | None) -> dict:
 
 
 def _registers_recorded(index: Trace) -> str:
-    names = [r[0] for r in index.sql("SELECT reg FROM regs GROUP BY n, reg ORDER BY n").rows]
+    names = [r[0] for r in index.sql("SELECT reg FROM reg_names ORDER BY n").rows]
     return f"{len(names)} recorded at block entry: {' '.join(names)}" if names else "none"
 
 
 def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, object]]:
     counts = meta.get("counts", {})
     state = "complete" if meta.get("complete") else (
-        "interrupted" if meta.get("interrupted") else "INCOMPLETE: " + recording_problem(meta))
+        "interrupted" if meta.get("interrupted") else "INCOMPLETE: " + tracedir.recording_problem(meta))
     facts = [
         ("program", " ".join(meta.get("argv", []))),
         ("arch", meta.get("arch")),
@@ -59,8 +58,12 @@ def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, obje
     if index is not None:
         facts.append(("index", "complete" if index.meta.get("index_complete") else
                       f"INCOMPLETE: {index.meta.get('index_problem') or 'the recording did not finish'}"))
+        rows = dict(index.sql("SELECT tbl, sum(rows) FROM parts GROUP BY tbl").rows)
         for table in ("exec", "mem", "syscalls", "mmaps", "modules", "symbols", "regs"):
-            facts.append((f"rows in {table}", index.sql(f"SELECT count(*) FROM {table}").rows[0][0]))
+            count = rows.get(table) if table in rows or table in ("exec", "mem", "regs") else None
+            if count is None and table not in ("exec", "mem", "regs"):
+                count = index.sql(f"SELECT count(*) FROM {table}").rows[0][0]
+            facts.append((f"rows in {table}", int(count or 0)))
         facts.append(("registers", index.meta.get("regs_unavailable") or _registers_recorded(index)))
     else:
         facts.append(("index", f"none; build it with: cannoli index {trace}"))

@@ -6,9 +6,11 @@
         t.memory_at(120_000, 0x4c6f00, 16)        # bytes as known at a position
         t.registers_at(120_000)                   # {"rax": ..., ..., "pc": ...} (QEMU >= 9)
 
-The database is opened read-only with external access disabled, so no query
-can change the trace (or attach it again for writing).  DuckDB errors become
-one-line CannoliErrors.
+The database is opened read-only, the bulk tables are views over the Parquet
+store, and DuckDB may read nothing but the store's files (query/database.py),
+so no query can change the trace or reach other files.  Point questions
+(who-wrote, memory_at, registers_at) read only the rows the store's indexes
+name.  DuckDB errors become one-line CannoliErrors.
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from typing import Iterator, Mapping, Sequence
 
 import duckdb
 
-from . import named_queries, tracedir
-from .errors import CannoliError
-from .indexer import DB_NAME
+from .. import schema, store, tracedir
+from ..errors import CannoliError
+from . import named as named_queries
+from . import window
+from .database import check_statement, connect, first_line
+from .parts import Parts
 from .symbolize import Symbolizer
 
 MAX_RANGE = 1 << 20  # bytes: who-wrote and memory_at answer per byte
@@ -86,29 +91,29 @@ class Memory:
 
 class Trace:
     def __init__(self, path: Path, con: duckdb.DuckDBPyConnection):
-        self.path = path
+        self.path = Path(path)
         self._con = con
+        self.parts = Parts(self.path)
 
     @classmethod
     def open(cls, path) -> Trace:
         path = Path(path)
-        db = path / DB_NAME
+        db = path / tracedir.DB_NAME
         if not db.exists():
             tracedir.read_meta(path)
             raise CannoliError(f"{path} has no index yet; build it with: cannoli index {path}")
-        try:
-            con = duckdb.connect(str(db), read_only=True, config={"enable_external_access": False})
-        except duckdb.Error as exc:
-            raise CannoliError(f"{db} is damaged ({_first_line(exc)}); rebuild it with: cannoli index {path}") from None
-        trace = cls(path, con)
-        version = trace.meta.get("schema_version")
-        from .schema import SCHEMA_VERSION
-
-        if version != SCHEMA_VERSION:
-            con.close()
-            raise CannoliError(f"{db} has schema version {version}, this cannoli reads {SCHEMA_VERSION}; "
-                               f"rebuild it with: cannoli index {path}")
+        trace = cls(path, connect(path))
+        trace.check_version()
         return trace
+
+    def check_version(self) -> None:
+        """An index an older cannoli built is refused: its tables mean other things."""
+        meta = self.meta
+        if meta.get("schema_version") != schema.SCHEMA_VERSION or meta.get("store_version") != store.STORE_VERSION:
+            self._con.close()
+            raise CannoliError(f"{self.path} was indexed by another version of cannoli (schema "
+                               f"{meta.get('schema_version')}, this one reads {schema.SCHEMA_VERSION}); "
+                               f"{tracedir.rebuild_hint(self.path)}")
 
     def close(self) -> None:
         self._con.close()
@@ -125,6 +130,7 @@ class Trace:
         """Run SQL against the trace's tables (read-only)."""
         if not query.strip():
             raise CannoliError("the query is empty; pass SQL as an argument or on stdin")
+        check_statement(self._con, query)
         try:
             cursor = self._con.execute(query, params) if params is not None else self._con.execute(query)
             rows = cursor.fetchall()
@@ -135,22 +141,48 @@ class Trace:
 
     def _explain(self, exc: duckdb.Error) -> str:
         if isinstance(exc, duckdb.IOException) or "Corrupt" in str(exc):
-            return (f"{self.path / DB_NAME} is damaged ({_first_line(exc)}); "
-                    f"rebuild it with: cannoli index {self.path}")
+            return self.damaged(exc)
         return _explain(exc)
+
+    def damaged(self, exc: Exception) -> str:
+        return f"{self.path / tracedir.DB_NAME} is damaged ({first_line(exc)}); {tracedir.rebuild_hint(self.path)}"
 
     def query(self, name: str, **params) -> Rows:
         """Run a named query (see `cannoli query --list`); parameters as text or numbers."""
         named = named_queries.lookup(name)
-        return self.sql(named.sql, named.bind({k: str(v) for k, v in params.items()}, self.address))
+        bound = named.bind({k: str(v) for k, v in params.items()}, self.address)
+        if not named.window:
+            return self.sql(named.sql, bound)
+        mem_window = self._window(named.window, bound)  # noqa: F841 (the query reads it by name)
+        self._con.register("mem_window", mem_window)
+        try:
+            return self.sql(named.sql, bound)
+        finally:
+            self._con.unregister("mem_window")
+
+    def _window(self, kind: str, p: dict):
+        """The accesses a memory query needs (query/window.py), by the query's `window:` header."""
+        lo = p["addr"]
+        hi = lo + p.get("size", 1) - 1
+        if kind == "latest writes":
+            return window.latest(self._con, self.parts, lo, hi, p.get("before"), writes_only=True)
+        if kind == "latest accesses":
+            return window.latest(self._con, self.parts, lo, hi, p.get("at"), writes_only=False)
+        reads = kind == "earliest reads"
+        return window.earliest(self._con, self.parts, lo, hi, p.get("from") or 0, p.get("to"), reads,
+                               p.get("limit") or 1000)
 
     @cached_property
     def meta(self) -> dict:
         try:
             return {k: json.loads(v) for k, v in self._con.execute("SELECT key, value FROM meta").fetchall()}
         except (duckdb.Error, ValueError) as exc:
-            raise CannoliError(f"{self.path / DB_NAME} is damaged ({_first_line(exc)}); "
-                               f"rebuild it with: cannoli index {self.path}") from None
+            raise CannoliError(self.damaged(exc)) from None
+
+    @property
+    def end(self) -> int:
+        """The number of positions: the trace's instructions are 0 .. end - 1."""
+        return int(self.meta.get("index_instructions") or 0)
 
     # -- names -------------------------------------------------------------
 
@@ -174,15 +206,14 @@ class Trace:
 
     def replay(self, start: int = 0, end: int | None = None, tid: int | None = None):
         """Steps (cannoli_db.replay.Step) of positions [start, end), optionally of one thread."""
-        from . import replay
+        from .. import replay
 
-        end = int(self.meta.get("index_instructions") or 0) if end is None else end
-        return replay.steps(self, start, end, tid)
+        return replay.steps(self, start, self.end if end is None else end, tid)
 
     def analyze(self, analysis, workers: int = 0):
         """Run a cannoli_db.Analysis over the whole trace: per_chunk in worker processes,
         ordered here in trace order; returns analysis.finish()."""
-        from .analyze import run
+        from ..analyze import run
 
         return run(self, analysis, workers)
 
@@ -232,25 +263,21 @@ class Trace:
         # mapped at some point, or touched by the guest (the initial stack is not in mmaps)
         mapped = self.sql("""SELECT EXISTS (SELECT 1 FROM mmaps WHERE kind <> 'munmap'
                                             AND start < ($a::UBIGINT + $n) AND "end" > $a::UBIGINT)
-                             OR EXISTS (SELECT 1 FROM mem_by_addr WHERE addr BETWEEN greatest($a::UBIGINT, 64) - 64
-                                        AND $a::UBIGINT + $n - 1)""", {"a": start, "n": size})
+                             OR EXISTS (SELECT 1 FROM mem_pages WHERE page BETWEEN $a::UBIGINT // 4096
+                                        AND ($a::UBIGINT + $n - 1) // 4096)""", {"a": start, "n": size})
         if not mapped.rows[0][0]:
             raise CannoliError(f"address {start:#x} is not in any mapping of the trace; "
                                f"see the address space with: cannoli query {self.path} mmaps_timeline")
         return start
 
     def _check_position(self, idx: int | None, what: str) -> None:
-        end = int(self.meta.get("index_instructions") or 0)
+        end = self.end
         if idx is not None and not 0 <= idx <= end:
             raise CannoliError(f"{what} {idx} is outside the trace (positions 0 .. {end})")
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 def _explain(exc: duckdb.Error) -> str:
-    text = _first_line(exc)
+    text = first_line(exc)
     if "read-only mode" in text or "read only" in text.lower():
         return "queries cannot modify a trace (the database is opened read-only)"
     if isinstance(exc, duckdb.ParserException):

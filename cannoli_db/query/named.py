@@ -9,6 +9,12 @@ Each file starts with a header of `-- key: value` comment lines::
     -- columns: idx, tid, ...
     --   (indented lines continue the key above)
     -- example: cannoli query app.cannoli who_wrote -p addr=counter
+    -- window: latest writes           (optional: see below)
+
+A memory query over an address range names its access path with `window:`
+(latest writes, latest accesses, earliest accesses, earliest reads): it then
+reads the relation `mem_window`, the accesses near `$addr`/`$size` that the
+store's address index finds (query/window.py), instead of scanning `mem`.
 
 Parameter types: `address` (hex, decimal, or `[module!]symbol[+offset]`,
 resolved against the trace), `integer` (decimal or 0x-hex) and `text`.  A
@@ -24,9 +30,10 @@ from functools import lru_cache
 from importlib import resources
 from typing import Callable
 
-from .errors import CannoliError
+from ..errors import CannoliError
 
 PARAM_TYPES = ("address", "integer", "text")
+WINDOWS = ("latest writes", "latest accesses", "earliest accesses", "earliest reads")
 _HEADER_LINE = re.compile(r"--\s?(\w+)(?:\s+(\w+))?:\s*(.*)$")
 _PARAM_SPEC = re.compile(r"(\w+)(?:\s*=\s*(\S+))?\s*(.*)$")
 
@@ -52,6 +59,7 @@ class NamedQuery:
     columns: str
     example: str
     sql: str = field(repr=False)
+    window: str | None = None
 
     def bind(self, given: dict[str, str], resolve_address: Callable[[str], int]) -> dict[str, object]:
         """The DuckDB parameters for user-given text values (checked, converted, defaults filled)."""
@@ -107,8 +115,11 @@ def parse(text: str, area: str, source: str) -> NamedQuery:
     missing = [k for k in ("name", "purpose", "columns", "example") if k not in header]
     if missing:
         raise ValueError(f"{source}: header lacks {', '.join(missing)}")
+    window = header.get("window")
+    if window is not None and window not in WINDOWS:
+        raise ValueError(f"{source}: unknown window {window!r} (known: {', '.join(WINDOWS)})")
     return NamedQuery(header["name"], area, header["purpose"], tuple(params), header["columns"],
-                      header["example"], text)
+                      header["example"], text, window)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,129 @@
+"""The small tables of trace.duckdb: blocks, block_insns, threads, syscalls,
+syscall_strings, the store's parts and index tables, and meta.  (mmaps,
+modules and symbols: address_space.py.)"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import format as F
+from .. import schema, store, syscall_tables, tracedir
+from ..positions import BlockTable, PositionPlan
+from .events import EventLog, pair_syscalls
+
+
+def load_blocks(con, blocks: BlockTable) -> None:
+    parts = []
+    for rows, _, insn_bytes in blocks.rows:
+        n_bytes = rows["n_bytes"].astype(np.int64)
+        if int(n_bytes.sum()) != len(insn_bytes):
+            raise ValueError("block definitions disagree with their instruction bytes")
+        offsets = np.concatenate([[0], np.cumsum(n_bytes)]).astype(np.int32)
+        code = pa.BinaryArray.from_buffers(pa.binary(), len(rows),
+                                           [None, pa.py_buffer(offsets), pa.py_buffer(insn_bytes.tobytes())])
+        parts.append(pa.table({
+            "block_id": rows["block_id"], "pc": rows["pc"], "size": rows["n_bytes"],
+            "icount": rows["n_insns"], "bytes": code, "base_id": rows["base_id"],
+            "is_twin": (rows["flags"] & F.BLOCK_TWIN) != 0,
+        }))
+    if parts:
+        blocks_table = pa.concat_tables(parts)  # noqa: F841 (read by the SQL below)
+        con.execute("INSERT INTO blocks SELECT * FROM blocks_table")
+    ids, ns, pcs, sizes = blocks.flat_insns()
+    insns_table = pa.table({"block_id": ids.astype(np.uint32), "n": ns, "pc": pcs, "size": sizes})  # noqa: F841
+    con.execute("INSERT INTO block_insns SELECT * FROM insns_table")
+
+
+def load_reg_names(con, names: list[str], recorded: int) -> None:
+    rows = [(n, names[n]) for n in range(min(recorded, len(names)))]
+    if rows:
+        con.executemany("INSERT INTO reg_names VALUES (?, ?)", rows)
+
+
+def load_threads(con, plan: PositionPlan) -> None:
+    rows = []
+    for log in sorted(plan.streams.values(), key=lambda s: (s.pid, s.tid, s.stream)):
+        first, last, insns = plan.stream_span(log)
+        rows.append((log.tid, log.pid, log.parent_pid, first, last, insns, plan.blocks_of(log), log.exited))
+    if rows:
+        con.executemany("INSERT INTO threads VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def load_syscalls(con, plan: PositionPlan, events: EventLog, arch: str) -> int:
+    """The syscalls and syscall_strings tables; returns the number of syscalls."""
+    ev = events.table()
+    names = syscall_tables.names(arch)
+    returns = pair_syscalls(ev)
+    at = {}  # (stream, ordinal) -> idx of the syscall made there
+    rows = []
+    for e in ev[ev["kind"] == F.EV_SYSCALL]:
+        stream, seq = int(e["stream"]), int(e["seq"])
+        if seq == 0:
+            continue  # no position: a damaged stream
+        idx = plan.syscall_position(seq)
+        at[(stream, int(e["ordinal"]))] = idx
+        nr = int(np.int64(e["v"][0]))
+        args = [syscall_tables.word(arch, int(x)) for x in e["v"][1:7]]
+        ret = syscall_tables.result(arch, returns.get((stream, int(e["packet_seq"]), int(e["i"]))))
+        rows.append((idx, int(e["tid"]), int(e["pid"]), nr, names.get(nr), *args, ret, seq))
+    if rows:
+        con.executemany(f"INSERT INTO syscalls VALUES ({', '.join('?' * 13)})", rows)
+    strings = []
+    for e in ev[ev["kind"] == F.EV_BLOB]:
+        idx = at.get((int(e["stream"]), int(e["ordinal"])))
+        if idx is None:
+            continue
+        flags = int(e["v"][5])
+        strings.append((idx, int(e["tid"]), int(np.int64(e["v"][3])), int(e["v"][4]), int(e["v"][0]),
+                        None if flags & F.BLOB_UNREADABLE else events.blob(e).decode("utf-8", "backslashreplace"),
+                        bool(flags & F.BLOB_TRUNCATED)))
+    if strings:
+        con.executemany("INSERT INTO syscall_strings VALUES (?, ?, ?, ?, ?, ?, ?)", strings)
+    return len(rows)
+
+
+def load_store_index(con, trace, n_parts: int) -> None:
+    """The store's index tables (sorted for lookups) and its parts table."""
+    for name, order in (("mem_pages", "page, idx_last"), ("exec_blocks", "block_id, idx_first")):
+        if store.part_files(trace, name):
+            files = store.glob(trace, name)
+            con.execute(f"INSERT INTO {name} SELECT * FROM read_parquet({_sql_string(files)}) "
+                        f"WHERE part < {n_parts} ORDER BY {order}")
+    rows = []
+    for name in store.BULK:
+        for path in store.part_files(trace, name):
+            if int(path.stem) >= n_parts:
+                continue
+            md = pq.ParquetFile(path).metadata
+            row = 0
+            for g in range(md.num_row_groups):
+                rg = md.row_group(g)
+                stats = rg.column(0).statistics  # idx is every bulk table's first column
+                has = stats is not None and stats.has_min_max
+                rows.append((name, int(path.stem), g, row, rg.num_rows, stats.min if has else None,
+                             stats.max if has else None))
+                row += rg.num_rows
+    if rows:
+        con.executemany("INSERT INTO parts VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def load_meta(con, meta: dict, **index_facts) -> None:
+    """meta.json's fields, plus what the index knows (index_* keys, see docs/schema.md)."""
+    entries = dict(meta)
+    entries.update(
+        index_facts,
+        schema_version=schema.SCHEMA_VERSION,
+        store_version=store.STORE_VERSION,
+        # a meta.json older than the key is from plugin API 1, which has no register access
+        regs_unavailable=meta["regs_unavailable"] if "regs_unavailable" in meta else tracedir.regs_unavailable(
+            F.REGS_NO_API, meta),
+    )
+    con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in sorted(entries.items())])
+
+
+def _sql_string(text: str) -> str:
+    return "'" + str(text).replace("'", "''") + "'"

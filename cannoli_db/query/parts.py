@@ -1,0 +1,50 @@
+"""Reading exactly the rows a question needs from the store's parts: by row
+range (the store's index tables name them) or by position range (row-group
+statistics).  pyarrow reads only the row groups that hold them; open files
+and their footers are kept, so a session's second question costs a read, not
+a file open."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .. import store
+
+OPEN_FILES = 256
+
+
+class Parts:
+    def __init__(self, trace: Path):
+        self.trace = Path(trace)
+        self._files: OrderedDict[tuple[str, int], tuple[pq.ParquetFile, np.ndarray]] = OrderedDict()
+
+    def _file(self, table: str, part: int) -> tuple[pq.ParquetFile, np.ndarray]:
+        key = (table, part)
+        hit = self._files.get(key)
+        if hit is None:
+            f = pq.ParquetFile(store.part_path(self.trace, table, part))
+            sizes = [f.metadata.row_group(g).num_rows for g in range(f.metadata.num_row_groups)]
+            hit = (f, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+            self._files[key] = hit
+            if len(self._files) > OPEN_FILES:
+                self._files.popitem(last=False)
+        else:
+            self._files.move_to_end(key)
+        return hit
+
+    def rows(self, table: str, part: int, first: int, last: int, columns: list[str]) -> pa.Table:
+        """Rows first .. last (inclusive) of a part."""
+        f, starts = self._file(table, part)
+        g0 = int(np.searchsorted(starts, first, side="right")) - 1
+        g1 = int(np.searchsorted(starts, last, side="right")) - 1
+        data = f.read_row_groups(list(range(g0, g1 + 1)), columns=columns)
+        return data.slice(first - int(starts[g0]), last - first + 1)
+
+    def row_groups(self, table: str, part: int, groups: list[int], columns: list[str]) -> pa.Table:
+        f, _ = self._file(table, part)
+        return f.read_row_groups(groups, columns=columns)
