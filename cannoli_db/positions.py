@@ -118,9 +118,13 @@ class StreamLog:
     tid: int
     parent_pid: int | None = None
     exited: bool = False
-    ends: list = field(default_factory=list)      # closed segments: end ordinal,
-    firsts: list = field(default_factory=list)    # first position,
-    counts: list = field(default_factory=list)    # instructions
+    parts: list = field(default_factory=list)     # closed segments, per packet: (ends, firsts, counts)
+    max_end: int = 0                              # the highest end ordinal of a closed segment
+    max_drawn: int = 0                            # the highest position one drew, + 1
+    closed_insns: int = 0                         # instructions of the closed segments
+    ends: np.ndarray | None = None                # after finish(): closed segments sorted by
+    firsts: np.ndarray | None = None              # end ordinal: end, first position,
+    counts: np.ndarray | None = None              # instructions
     partial: dict = field(default_factory=dict)   # ordinal -> twin block id
     n_exec: int = 0                               # execs started (ordinals 0 .. n_exec-1)
     continuations: int = 0                        # execs repeated by a CONTINUES packet
@@ -135,16 +139,19 @@ class StreamLog:
     tail: tuple | None = None                     # (ordinal, instructions that ran) of a cut last block
 
     def closed_end(self) -> int:
-        return int(max(self.ends)) if len(self.ends) else 0
+        return self.max_end
 
 
 class PositionPlan:
     """Positions of a whole trace from its packets' side data (add) and the
     exec ids of the execs that no segment closed (add_execs)."""
 
-    def __init__(self, blocks: BlockTable, arch: str = "x86_64"):
+    def __init__(self, blocks: BlockTable, arch: str = "x86_64", keep_segments: bool = True):
+        """keep_segments=False counts without keeping every segment (the
+        recorder's summary): memory stays bounded however long the trace."""
         self.blocks = blocks
         self.arch = arch
+        self.keep_segments = keep_segments
         self.streams: dict[Stream, StreamLog] = {}
         self.total = 0
         self.drawn = 0            # positions the closed segments cover, holes included
@@ -168,9 +175,14 @@ class PositionPlan:
             return
         kind = events["kind"]
         seg = events[kind == F.EV_SEGMENT]
-        log.ends += seg["ordinal"].astype(np.int64).tolist()
-        log.firsts += seg["v"][:, 0].astype(np.int64).tolist()
-        log.counts += seg["v"][:, 1].astype(np.int64).tolist()
+        if len(seg):
+            ends, firsts, counts = (seg["ordinal"].astype(np.int64), seg["v"][:, 0].astype(np.int64),
+                                    seg["v"][:, 1].astype(np.int64))
+            log.max_end = max(log.max_end, int(ends.max()))
+            log.max_drawn = max(log.max_drawn, int((firsts + counts).max()))
+            log.closed_insns += int(counts.sum())
+            if self.keep_segments:
+                log.parts.append((ends, firsts, counts))
         for ev in events[kind == F.EV_PARTIAL]:
             log.partial[int(ev["ordinal"])] = int(ev["v"][1])
         start = events[kind == F.EV_THREAD_START]
@@ -197,13 +209,12 @@ class PositionPlan:
     def finish(self) -> int:
         """Place what no segment closed and return the total instruction count."""
         for log in self.streams.values():
-            order = np.argsort(np.asarray(log.ends, np.int64), kind="stable")
-            log.ends = np.asarray(log.ends, np.int64)[order]
-            log.firsts = np.asarray(log.firsts, np.int64)[order]
-            log.counts = np.asarray(log.counts, np.int64)[order]
+            cols = [np.concatenate(c) for c in zip(*log.parts)] if log.parts else [np.zeros(0, np.int64)] * 3
+            order = np.argsort(cols[0], kind="stable")
+            log.ends, log.firsts, log.counts = (c[order] for c in cols)
+            log.parts = []
             self._close_tail(log)
-        ends = [int((log.firsts + log.counts).max()) for log in self.streams.values() if len(log.ends)]
-        self.drawn = max(ends, default=0)
+        self.drawn = max((log.max_drawn for log in self.streams.values()), default=0)
         position = self.drawn
         for log in sorted(self.streams.values(), key=lambda s: (s.pid, s.tid, s.stream)):
             log.open_first = position
@@ -226,7 +237,7 @@ class PositionPlan:
         log.open_insns = int(counts.sum())
 
     def _apply_partial(self, log: StreamLog, ordinals: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        if not log.partial:
+        if not log.partial and log.tail is None:
             return counts
         counts = counts.copy()
         for k, o in enumerate(ordinals.tolist()):
@@ -267,12 +278,13 @@ class PositionPlan:
 
     def stream_span(self, log: StreamLog) -> tuple[int | None, int | None, int]:
         """(first idx, last idx, instructions) of a stream."""
-        firsts = [int(f) for f, c in zip(log.firsts, log.counts) if c > 0]
-        lasts = [int(f + c - 1) for f, c in zip(log.firsts, log.counts) if c > 0]
+        ran = log.counts > 0
+        firsts = [int(log.firsts[ran].min())] if ran.any() else []
+        lasts = [int((log.firsts + log.counts - 1)[ran].max())] if ran.any() else []
         if log.open_insns:
             firsts.append(log.open_first)
             lasts.append(log.open_first + log.open_insns - 1)
-        insns = int(np.sum(log.counts)) + log.open_insns
+        insns = log.closed_insns + log.open_insns
         return (min(firsts) if firsts else None, max(lasts) if lasts else None, insns)
 
     def blocks_of(self, log: StreamLog) -> int:

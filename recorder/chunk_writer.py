@@ -26,9 +26,12 @@ from cannoli_db import tracedir
 from cannoli_db.chunkfile import chunk_header
 
 
+SIDE_SHARE = 4  # the side buffer holds a quarter of a chunk's target
+
+
 class ChunkWriter:
     def __init__(self, chunks_dir: Path, side_room: int, heavy_room: int, level: int = 1, workers: int = 2,
-                 target_raw: int = 32 << 20, max_pending: int = 3):
+                 target_raw: int = 32 << 20, max_pending: int = 2):
         self.dir = chunks_dir
         self.level = level
         self.target_raw = target_raw
@@ -47,9 +50,11 @@ class ChunkWriter:
         self.chunks = 0
 
     def _new_buffers(self) -> tuple[bytearray, bytearray]:
+        # side sections are a small share of the bytes: a batch is flushed when
+        # either buffer is past its target
         if self._free:
             return self._free.pop()
-        return bytearray(self.target_raw + self.side_room), bytearray(self.target_raw + self.heavy_room)
+        return bytearray(self.target_raw // SIDE_SHARE + self.side_room), bytearray(self.target_raw + self.heavy_room)
 
     def room(self) -> tuple:
         """Where the next packet goes: (side buffer, offset, heavy buffer, offset),
@@ -65,7 +70,7 @@ class ChunkWriter:
         self._heavy_used += heavy
         self._packets += 1
         self._totals += (counts[F.SEC_EXEC], counts[F.SEC_MEM_ADDR], counts[F.SEC_EVENT])
-        if self._side_used + self._heavy_used >= self.target_raw:
+        if self._heavy_used >= self.target_raw or self._side_used >= self.target_raw // SIDE_SHARE:
             self.flush()
 
     def flush(self) -> None:

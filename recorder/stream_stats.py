@@ -41,7 +41,7 @@ class StreamStats:
     _open: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self._plan = PositionPlan(self.blocks, self.arch)
+        self._plan = PositionPlan(self.blocks, self.arch, keep_segments=False)
 
     def add(self, view: PacketView) -> None:
         h, counts = view.header, view.counts

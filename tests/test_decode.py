@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cannoli_db import format as F
-from cannoli_db.decode import ChunkError, decode_chunk_bytes, parse_packets, chunk_files
+from cannoli_db.chunkfile import chunk_header
+from cannoli_db.decode import ChunkError, chunk_files, decode_chunk_bytes, read_chunk
 
 from .conftest import QEMU_LABELS, qemu_under_test, run_cannoli
 
@@ -28,12 +29,26 @@ def real_chunk(guest, tmp_path_factory, request) -> bytes:
     return chunk_files(trace)[0].read_bytes()
 
 
-def rewrap(raw: bytes, n_packets: int, version: int = F.FORMAT_VERSION) -> bytes:
-    """A chunk with valid checksums around arbitrary packet bytes."""
+def frames(chunk: bytes) -> tuple[bytes, bytes, int]:
+    """A version-3 chunk's side and heavy frame contents, and its packet count."""
+    c = read_chunk(chunk, "real")
+    return c.side, c.heavy, int(c.header["n_packets"])
+
+
+def rewrap(side: bytes, heavy: bytes, n_packets: int) -> bytes:
+    """A version-3 chunk with valid checksums around arbitrary frame contents."""
+    zstd = zstandard.ZstdCompressor(level=1)
+    side_frame, heavy_frame = zstd.compress(side), zstd.compress(heavy)
+    return chunk_header(0, n_packets, side_frame, len(side), heavy_frame, len(heavy), 0, (0, 0, 0)) + side_frame + \
+        heavy_frame
+
+
+def rewrap_v1(raw: bytes, n_packets: int) -> bytes:
+    """A version-1 chunk (72-byte header, one frame) around whole packets."""
     payload = zstandard.ZstdCompressor(level=1).compress(raw)
-    header = np.zeros(1, F.CHUNK_HEADER_DTYPE)
-    header["magic"], header["version"] = F.CHUNK_MAGIC, version
-    header["header_size"] = F.CHUNK_HEADER_DTYPE.itemsize
+    header = np.zeros(1, F.CHUNK_HEADER_DTYPE_V2)
+    header["magic"], header["version"] = F.CHUNK_MAGIC, 1
+    header["header_size"] = F.CHUNK_HEADER_DTYPE_V2.itemsize
     header["n_packets"], header["payload_size"], header["raw_size"] = n_packets, len(payload), len(raw)
     header["payload_crc32"] = zlib.crc32(payload)
     header["header_crc32"] = zlib.crc32(header.tobytes())
@@ -61,29 +76,27 @@ def test_real_chunk_decodes(real_chunk):
     check_well_formed(packets)
 
 
-def as_version_1(raw: bytes) -> bytes:
-    """The same packets in format version 1 (no REG sections): a 9-count header."""
-    out, pos = bytearray(), 0
-    v1, v2 = F.PACKET_HEADER_DTYPES[1], F.PACKET_HEADER_DTYPES[2]
-    for p in parse_packets(raw):
-        header = np.frombuffer(raw, v2, 1, pos)[0]
-        assert not p.reg_info.size, "a version-1 packet cannot hold registers"
+def as_version_1(chunk: bytes) -> tuple[bytes, int]:
+    """The chunk's packets as version 1 has them: a 9-count header, then the
+    first nine sections in order, whole packet after whole packet."""
+    c = read_chunk(chunk, "real")
+    out = bytearray()
+    v1 = F.PACKET_HEADER_DTYPES[1]
+    views = c.views()
+    for view in views:
+        assert not view.counts[F.SEC_REG_INFO], "a version-1 packet cannot hold registers"
         old = np.zeros(1, v1)
         for name in v1.names:
-            old[name] = header[name][: F.NSECTIONS_V1] if name == "count" else header[name]
-        old["version"], old["header_size"] = 1, v1.itemsize
-        size = v2.itemsize + sum(int(c) * (1 if s == F.SEC_MEM_VALUE else F.SECTION_DTYPES[s].itemsize)
-                                 for s, c in enumerate(header["count"]))
-        out += old.tobytes() + raw[pos + v2.itemsize : pos + size]
-        pos += size
-    return bytes(out)
+            old[name] = view.header[name][: F.NSECTIONS_V1] if name == "count" else view.header[name]
+        old["version"], old["header_size"], old["stream"], old["seg_insns"] = 1, v1.itemsize, 0, 0
+        out += old.tobytes() + b"".join(view.section(s).tobytes() for s in range(F.NSECTIONS_V1))
+    return bytes(out), len(views)
 
 
 @pytest.mark.parametrize("real_chunk", ["7.2"], indirect=True)  # version 1 cannot carry registers
 def test_version_1_packets_still_decode(real_chunk):
-    raw = zstandard.ZstdDecompressor().decompress(real_chunk[F.CHUNK_HEADER_DTYPE.itemsize :])
-    packets = parse_packets(raw)
-    old = decode_chunk_bytes(rewrap(as_version_1(raw), len(packets), version=1), "000000.zst")
+    packets = decode_chunk_bytes(real_chunk, "000000.zst")
+    old = decode_chunk_bytes(rewrap_v1(*as_version_1(real_chunk)), "000000.zst")
     assert len(old) == len(packets)
     for a, b in zip(old, packets):
         assert np.array_equal(a.exec, b.exec) and np.array_equal(a.mem_value, b.mem_value)
@@ -120,22 +133,27 @@ def test_truncated_chunk(real_chunk, cut):
 @SETTINGS
 @given(data=st.data())
 def test_mutated_packets_with_valid_checksums(real_chunk, data):
-    raw = bytearray(zstandard.ZstdDecompressor().decompress(real_chunk[F.CHUNK_HEADER_DTYPE.itemsize :]))
-    n_packets = len(parse_packets(bytes(raw)))
+    side, heavy, n_packets = frames(real_chunk)
+    side, heavy = bytearray(side), bytearray(heavy)
     # aim mutations at the packet header (counts, magic) as often as at the data
     header_span = F.PACKET_HEADER_DTYPE.itemsize
     for _ in range(data.draw(st.integers(1, 6))):
-        limit = header_span - 1 if data.draw(st.booleans()) else len(raw) - 1
+        target = side if data.draw(st.booleans()) or not heavy else heavy
+        limit = header_span - 1 if target is side and data.draw(st.booleans()) else len(target) - 1
         pos = data.draw(st.integers(0, limit))
-        raw[pos] = data.draw(st.integers(0, 255))
+        target[pos] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, 64))
-    decode_or_reject(rewrap(bytes(raw[: len(raw) - cut]), n_packets))
+    if data.draw(st.booleans()):
+        side = side[: len(side) - cut]
+    else:
+        heavy = heavy[: max(0, len(heavy) - cut)]
+    decode_or_reject(rewrap(bytes(side), bytes(heavy), n_packets))
 
 
 def test_oversized_claim_is_rejected_before_allocation(real_chunk):
     forged = bytearray(real_chunk[: F.CHUNK_HEADER_DTYPE.itemsize])
     header = np.frombuffer(forged, F.CHUNK_HEADER_DTYPE).copy()
-    header["raw_size"] = F.MAX_CHUNK_RAW + 1
+    header["side_raw"] = F.MAX_CHUNK_RAW + 1
     header["header_crc32"] = 0
     header["header_crc32"] = zlib.crc32(header.tobytes())
     with pytest.raises(ChunkError, match="limit"):

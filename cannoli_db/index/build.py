@@ -116,7 +116,7 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False, _limit: 
             address_space.load(con, meta, events)
             load_store_index(con, trace_dir, len(files))
             rows = dict(con.execute("SELECT tbl, sum(rows) FROM parts GROUP BY tbl").fetchall())
-            holes = plan.drawn - sum(int(log.counts.sum()) for log in plan.streams.values())
+            holes = plan.drawn - sum(log.closed_insns for log in plan.streams.values())
             if holes and problem is None:
                 problem = (f"{holes:,} positions were drawn by segments that are not in the chunks "
                            f"(the recorder stopped before writing them)")
