@@ -12,6 +12,7 @@ from typing import Sequence
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from . import paths
 from .errors import CannoliError
 
 # (e_machine, ELF class, little endian) -> QEMU user-mode target name
@@ -48,12 +49,7 @@ def resolve_program(program: str) -> str:
         found = shutil.which(program)
         if found:
             return found
-    if not os.path.exists(program):
-        raise CannoliError(f"{program}: no such file; give the path of the program to record")
-    if os.path.isdir(program):
-        raise CannoliError(f"{program}: is a directory; give the path of the program to record")
-    if not os.access(program, os.R_OK):
-        raise CannoliError(f"{program}: not readable; check its permissions")
+    paths.input_file(program, program, hint="give the path of the program to record")
     return program
 
 
@@ -210,12 +206,8 @@ def _check_interpreter_path(script: str, interp: str) -> None:
     if not os.path.isabs(interp):
         raise CannoliError(f"{what} is a relative path, which Linux would look for in the current directory; "
                            f"give its absolute path")
-    if not os.path.exists(interp):
-        hint = " (the line ends in a carriage return: convert the script's DOS line ends)" \
-            if interp.endswith("\r") else ""
-        raise CannoliError(f"{what} does not exist{hint}")
-    if os.path.isdir(interp):
-        raise CannoliError(f"{what} is a directory")
+    paths.input_file(interp, what, hint="the line ends in a carriage return: convert the script's DOS line ends"
+                     if interp.endswith("\r") else "")
     if not os.access(interp, os.X_OK):
         raise CannoliError(f"{what} is not executable")
 

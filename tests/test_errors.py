@@ -45,7 +45,7 @@ def test_not_an_elf_or_script(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-@pytest.mark.parametrize("line, says", [("#!/no/such/shell\n", "'/no/such/shell' does not exist"),
+@pytest.mark.parametrize("line, says", [("#!/no/such/shell\n", "'/no/such/shell': no such file"),
                                         ("#!sh\n", "relative path"),
                                         ("#!/usr/bin/env no-such-command-x\n", "env finds no 'no-such-command-x'")])
 def test_script_whose_interpreter_cannot_run(tmp_path, line, says):
@@ -75,6 +75,7 @@ def test_missing_qemu(guest, tmp_path):
 
 
 def test_qemu_option_not_executable(guest, tmp_path):
+    (tmp_path / "nope").write_text("not qemu\n")  # exists, no execute permission
     proc = run_cannoli("record", "--qemu", tmp_path / "nope", "-o", tmp_path / "t", guest("known_stores"))
     assert_clean_error(proc, "--qemu", "not an executable")
 

@@ -153,7 +153,7 @@ def test_env_with_a_one_argument_command_line_fails_as_env_does(command_dir, tmp
 
 
 @pytest.mark.parametrize("line, says", [
-    (b"#!/no/such/interpreter\n", "does not exist"),
+    (b"#!/no/such/interpreter\n", "no such file"),
     (b"#!/bin/sh\r\n", "carriage return"),
     (b"#!bin/sh\n", "relative path"),
     (b"#!/tmp\n", "is a directory"),
