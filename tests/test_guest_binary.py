@@ -173,3 +173,12 @@ def test_an_elf_program_runs_itself(guest):
     program = str(guest("print_argv"))
     run = guest_binary.launch(program, ["a"])
     assert run.argv == (program, "a") and run.binary.path == program and run.script is None
+
+
+def test_a_script_without_execute_permission_is_refused_as_the_kernel_does(guest, tmp_path):
+    script = tmp_path / "not-executable"
+    script.write_text(f"#!{guest('print_argv')}\n")
+    script.chmod(0o644)
+    assert kernel_argv(script) == errno.EACCES
+    with pytest.raises(CannoliError, match="without execute permission"):
+        guest_binary.launch(str(script), [])
