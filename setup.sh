@@ -7,6 +7,9 @@
 #
 #   --qemu10   also build QEMU 10 from Debian 13's source with qemu_patches/
 #              applied (`cannoli setup-qemu`, ~3 min the first time, then cached)
+#
+# One line per step.  apt-get and pip write to logs in build/setup/; a log is
+# shown only when its step fails.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,36 +31,60 @@ if [ "$QEMU10" -eq 1 ]; then
     APT_PACKAGES+=("${QEMU10_PACKAGES[@]}")
 fi
 
+LOGS=build/setup
+mkdir -p "$LOGS"
+
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# quietly STEP LOG COMMAND...: run COMMAND with its output appended to LOG; if it
+# fails, show the whole log and stop.
+quietly() {
+    local step=$1 log=$2 status=0
+    shift 2
+    "$@" >>"$log" 2>&1 || status=$?
+    if [ "$status" -ne 0 ]; then
+        echo "setup: $step failed (exit $status running: $*); its output ($log):" >&2
+        cat "$log" >&2
+        exit 1
+    fi
+}
+
+# -- system packages
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
+    # python3-venv is not needed when python3 already makes virtual environments
+    if [ "$pkg" = python3-venv ] && python3 -c 'import ensurepip, venv' 2>/dev/null; then
+        continue
+    fi
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
 done
-# python3-venv is not needed when python3 already makes virtual environments
-if python3 -c 'import ensurepip, venv' 2>/dev/null; then
-    missing=("${missing[@]/python3-venv}")
-fi
-if [ -n "${missing[*]// /}" ]; then
-    echo "setup: installing system packages: ${missing[*]}" >&2
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ${missing[*]} >/dev/null
+if [ "${#missing[@]}" -eq 0 ]; then
+    echo "setup: system packages: all ${#APT_PACKAGES[@]} present" >&2
+else
+    echo "setup: system packages: installing ${missing[*]} (apt-get; log: $LOGS/apt.log)" >&2
+    : >"$LOGS/apt.log"
+    quietly "apt-get update" "$LOGS/apt.log" as_root apt-get update -q
+    quietly "apt-get install" "$LOGS/apt.log" \
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
+# -- Python environment
+echo "setup: Python environment: cannoli-db and its test dependencies into .venv (pip; log: $LOGS/pip.log)" >&2
+: >"$LOGS/pip.log"
 if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+    quietly "python3 -m venv" "$LOGS/pip.log" python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+pip=(.venv/bin/python -m pip --disable-pip-version-check)
+quietly "pip install --upgrade pip" "$LOGS/pip.log" "${pip[@]}" install --upgrade pip
+quietly "pip install" "$LOGS/pip.log" "${pip[@]}" install -e '.[test]'
 
+# -- QEMU 10: setup-qemu prints one line (cache hit) or one per build step
 if [ "$QEMU10" -eq 1 ]; then
-    qemu10_bin=$(.venv/bin/cannoli setup-qemu)
-    echo "setup: QEMU 10 is in $qemu10_bin" >&2
+    .venv/bin/cannoli setup-qemu >/dev/null
 fi
 
-# The bundled example: build it, record it, describe the trace.
-mkdir -p build
+# -- the bundled example: build it, record it (its output goes to build/hello.out), describe the trace
 cc -O1 -g -o build/hello examples/hello.c
-.venv/bin/cannoli record --force -o build/hello.cannoli build/hello
+.venv/bin/cannoli record --force -o build/hello.cannoli build/hello >build/hello.out
 .venv/bin/cannoli info build/hello.cannoli >/dev/null
-echo "setup: done. Try: .venv/bin/cannoli info build/hello.cannoli" >&2
+echo "setup: done (the example's output is in build/hello.out). Try: .venv/bin/cannoli info build/hello.cannoli" >&2

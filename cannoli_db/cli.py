@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import duckdb
 
-from . import __version__
+from . import __version__, paths
 from .output import output_options, write_rows
 from .errors import CannoliError
 
@@ -78,6 +78,12 @@ def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroo
     """
     from .recorder import RecordOptions, record as do_record, summary
 
+    if out_dir is not None:
+        paths.output(out_dir, f"-o {out_dir}", is_dir=True)
+    if qemu_path is not None and qemu_path != "built":
+        paths.existing(qemu_path, f"--qemu {qemu_path}", hint='give a qemu-<arch> binary, its directory, or "built"')
+    if sysroot is not None:
+        paths.input_dir(sysroot, f"-L {sysroot}", hint="give the sysroot of the program's libraries")
     opts = RecordOptions(program=program, args=list(args), out_dir=out_dir, record_mem=not no_mem,
                          record_regs=record_regs, regs_check=regs_check, qemu=qemu_path, sysroot=sysroot,
                          force=force, n_lanes=ring_lanes,
@@ -109,7 +115,7 @@ def index(trace):
 
     Example: cannoli index app.cannoli
     """
-    _index(trace)
+    _index(paths.trace_dir(trace, writable=True))
 
 
 @cli.command()
@@ -122,7 +128,7 @@ def info(trace, fmt):
     """
     from .query.info import describe
 
-    facts = describe(trace)
+    facts = describe(paths.trace_dir(trace))
     if fmt == "json":
         click.echo(json.dumps(dict(facts), indent=2, default=str))
     else:
@@ -132,7 +138,7 @@ def info(trace, fmt):
 def _open(trace: Path):
     from .query import Trace
 
-    return Trace.open(trace)
+    return Trace.open(paths.trace_dir(trace))
 
 
 @cli.command()
@@ -158,6 +164,8 @@ def sql(trace, query, parquet_dir, fmt):
         from .export import parquet_connection
         from .query import Trace
 
+        paths.input_dir(parquet_dir, f"--parquet {parquet_dir}", kind="Parquet export directory",
+                        hint="make one with: cannoli export TRACE --format parquet -o DIR")
         t = Trace(parquet_dir, parquet_connection(parquet_dir))
     elif trace is None:
         raise click.UsageError("give a TRACE (or --parquet DIR)")
@@ -182,6 +190,8 @@ def export(trace, fmt, out, tid):
     """
     from . import export as exporter
 
+    paths.trace_dir(trace)
+    paths.output(out, f"-o {out}", is_dir=fmt == "parquet")
     if fmt == "parquet":
         rows = exporter.export_parquet(trace, out)
         summary = f"{len(rows)} tables, {sum(rows.values()):,} rows"

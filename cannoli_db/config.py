@@ -6,7 +6,9 @@
     regs = true               # record registers where the QEMU can (default)
 
 Command-line options win over the file; the file wins over PATH.  An unknown
-key or a wrong type is an error, so a typo never silently does nothing.
+key or a wrong type is an error, so a typo never silently does nothing; so is
+a $CANNOLI_CONFIG that names no readable file (a missing default file is no
+settings).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import paths
 from .errors import CannoliError
 
 BUILT = "built"  # qemu = "built": the newest `cannoli setup-qemu` build
@@ -38,11 +41,17 @@ def config_path() -> Path:
 
 
 def load(path: Path | None = None) -> Settings:
+    """The settings of `path`, else of $CANNOLI_CONFIG (which must exist), else of
+    the default file if there is one."""
+    from_env = path is None and bool(os.environ.get("CANNOLI_CONFIG"))
+    explicit = path is not None or from_env
     path = path or config_path()
+    if not explicit and not os.path.lexists(path):
+        return Settings()
+    paths.input_file(path, f"$CANNOLI_CONFIG {path}" if from_env else str(path), kind="settings file",
+                     hint="unset CANNOLI_CONFIG or point it to a settings file" if from_env else "")
     try:
         text = path.read_text()
-    except FileNotFoundError:
-        return Settings()
     except (OSError, UnicodeDecodeError) as exc:
         raise CannoliError(f"cannot read the settings file {path}: {exc}") from None
     try:

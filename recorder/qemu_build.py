@@ -298,7 +298,7 @@ def debian_qemu_version(console: Console | None = None) -> str:
     root.mkdir(parents=True, exist_ok=True)
     with _lock(root, console):  # a running build's apt would hold apt's own lock on the lists
         apt = _Apt(root / "apt", debian_mirror())
-        with _step(console, "apt-get update", {}):
+        with _step(console, "apt-get update", {}, say=False):
             apt.update()
         return apt.source_version()
 
@@ -316,7 +316,8 @@ def build(targets: Iterable[str] = DEFAULT_TARGETS, jobs: int | None = None, for
         apt = _Apt(root / "apt", debian_mirror())
         seconds: dict[str, float] = {}
         try:
-            with _step(console, "apt-get update", seconds):
+            # a check, not a build step: on a cache hit the summary is the only line
+            with _step(console, "apt-get update", seconds, say=False):
                 apt.update()
             version = apt.source_version()
         except CannoliError as exc:
@@ -473,14 +474,16 @@ def _lock(root: Path, console: Console) -> Iterator[None]:
 
 
 @contextmanager
-def _step(console: Console, name: str, seconds: dict[str, float], detail: str = "") -> Iterator[None]:
-    """A spinner while the step runs, then one line with its time (kept in build.json by `name`)."""
+def _step(console: Console, name: str, seconds: dict[str, float], detail: str = "",
+          say: bool = True) -> Iterator[None]:
+    """A spinner while the step runs, then (if `say`) one line with its time (kept in build.json by `name`)."""
     label = f"{name} ({detail})" if detail else name
     started = time.monotonic()
     with console.status(f"setup-qemu: {label}"):
         yield
     seconds[name] = round(time.monotonic() - started, 1)
-    console.print(f"setup-qemu: {label}: {seconds[name]:.1f} s", highlight=False)
+    if say:
+        console.print(f"setup-qemu: {label}: {seconds[name]:.1f} s", highlight=False)
 
 
 def _run(cmd: list, log: Path, what: str, cwd: Path | None = None, capture: bool = False) -> str:

@@ -97,7 +97,7 @@ class _Interrupts:
 
 
 def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptions,
-                  guest: guest_binary.GuestBinary, trace_dir: Path) -> list[str]:
+                  run: guest_binary.Launch, trace_dir: Path) -> list[str]:
     plugin_arg = f"{plugin},fd={ring.fd},mem={'on' if opts.record_mem else 'off'}"
     regs = _regs_mode(opts, qemu)
     if regs:
@@ -112,8 +112,8 @@ def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptio
     if opts.sysroot:
         cmd += ["-L", opts.sysroot]
     cmd += opts.qemu_options
-    # -0 keeps the guest's argv[0] as the user typed it
-    cmd += ["-0", opts.program, guest.path, *opts.args]
+    # -0: the argv[0] the kernel would give (the program as typed; a script's interpreter)
+    cmd += ["-0", run.argv[0], run.binary.path, *run.argv[1:]]
     return cmd
 
 
@@ -124,12 +124,14 @@ def _regs_mode(opts: RecordOptions, qemu: native.Qemu) -> str | None:
     return "check" if opts.regs_check else "off" if opts.record_regs is False else "on"
 
 
-def _initial_meta(opts: RecordOptions, guest, qemu: native.Qemu) -> dict:
+def _initial_meta(opts: RecordOptions, run: guest_binary.Launch, qemu: native.Qemu) -> dict:
+    guest = run.binary
     return {
         "format_version": F.FORMAT_VERSION,
         "cannoli_db_version": __version__,
         "complete": False,
         "argv": [opts.program, *opts.args],
+        "script": run.script,
         "program_path": os.path.abspath(guest.path),
         "arch": guest.arch,
         "interpreter": guest.interpreter,
@@ -148,7 +150,8 @@ def _initial_meta(opts: RecordOptions, guest, qemu: native.Qemu) -> dict:
 
 
 def record(opts: RecordOptions) -> RecordResult:
-    guest = guest_binary.inspect(opts.program)
+    run = guest_binary.launch(opts.program, opts.args)
+    guest = run.binary
     _check_interpreter(guest, opts.sysroot)
     opts = _with_settings(opts, guest.arch)
     qemu = native.find_qemu(guest.arch, opts.qemu)
@@ -160,7 +163,7 @@ def record(opts: RecordOptions) -> RecordResult:
     plugin = native.plugin_path(qemu)
     ring = Ring(opts.n_lanes)
     trace_dir = tracedir.create(opts.out_dir or tracedir.default_trace_dir(opts.program), opts.force)
-    meta = _initial_meta(opts, guest, qemu)
+    meta = _initial_meta(opts, run, qemu)
     tracedir.write_meta(trace_dir, meta)
     writer = ChunkWriter(trace_dir / tracedir.CHUNKS_NAME, ring.max_side, ring.max_heavy, level=opts.zstd_level)
     stats = StreamStats(arch=guest.arch)
@@ -168,7 +171,7 @@ def record(opts: RecordOptions) -> RecordResult:
     try:
         with _Interrupts() as interrupts:
             try:
-                proc = subprocess.Popen(_qemu_command(qemu, plugin, ring, opts, guest, trace_dir), pass_fds=[ring.fd])
+                proc = subprocess.Popen(_qemu_command(qemu, plugin, ring, opts, run, trace_dir), pass_fds=[ring.fd])
             except OSError as exc:
                 raise CannoliError(f"cannot start {qemu.path}: {exc.strerror}") from None
             interrupts.proc = proc

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -234,6 +235,28 @@ def qemu_strace(qemu):
         return calls
 
     return run
+
+
+def host_strace(cmd: list, *, cwd=None, env=None, calls: str = "execve,openat",
+                timeout: int = 120) -> tuple[subprocess.CompletedProcess, list[tuple[str, list[bytes], int]]]:
+    """Run `cmd` natively under strace(1) -f: (the run, [(syscall, its string
+    arguments, return value)]) of the traced calls, in order."""
+    fd, name = tempfile.mkstemp(suffix=".strace")
+    os.close(fd)
+    log = Path(name)
+    proc = subprocess.run(["strace", "-f", "-qq", "-xx", "-s", "65536", "-e", f"trace={calls}", "-o", str(log),
+                           *map(str, cmd)], cwd=cwd, env=env or GUEST_ENV, capture_output=True, timeout=timeout)
+    try:
+        text = log.read_text()
+    finally:
+        log.unlink(missing_ok=True)
+    found = []
+    for line in text.splitlines():
+        m = re.match(r"^\d+\s+(\w+)\((.*)\) += (-?\d+|0x[0-9a-f]+)", line)
+        if m:
+            strings = [bytes.fromhex(h.replace("\\x", "")) for h in re.findall(r'"((?:\\x[0-9a-f]{2})*)"', m[2])]
+            found.append((m[1], strings, int(m[3], 0)))
+    return proc, found
 
 
 def run_cannoli(*args, cwd=None, env=None, timeout=900, stdin=None, input=None) -> subprocess.CompletedProcess:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
 
 import pytest
 
@@ -35,12 +36,26 @@ def test_missing_program(tmp_path):
     assert not (tmp_path / "t").exists()
 
 
-def test_not_an_elf(tmp_path):
+def test_not_an_elf_or_script(tmp_path):
+    data = tmp_path / "notes.txt"
+    data.write_text("echo hi\n")
+    data.chmod(0o755)
+    proc = run_cannoli("record", "-o", tmp_path / "t", data)
+    assert_clean_error(proc, "not an ELF executable or a #! script")
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("line, says", [("#!/no/such/shell\n", "'/no/such/shell': no such file"),
+                                        ("#!sh\n", "relative path"),
+                                        ("#!/usr/bin/env no-such-command-x\n", "env finds no 'no-such-command-x'")])
+def test_script_whose_interpreter_cannot_run(tmp_path, line, says):
     script = tmp_path / "script.sh"
-    script.write_text("#!/bin/sh\necho hi\n")
+    script.write_text(line + "echo hi\n")
     script.chmod(0o755)
+    native = subprocess.run(["/bin/sh", "-c", f"exec {script}"], capture_output=True, env=GUEST_ENV)
+    assert native.returncode in (126, 127)  # the kernel (or env) refuses it too
     proc = run_cannoli("record", "-o", tmp_path / "t", script)
-    assert_clean_error(proc, "not an ELF")
+    assert_clean_error(proc, str(script), says)
     assert not (tmp_path / "t").exists()
 
 
@@ -60,6 +75,7 @@ def test_missing_qemu(guest, tmp_path):
 
 
 def test_qemu_option_not_executable(guest, tmp_path):
+    (tmp_path / "nope").write_text("not qemu\n")  # exists, no execute permission
     proc = run_cannoli("record", "--qemu", tmp_path / "nope", "-o", tmp_path / "t", guest("known_stores"))
     assert_clean_error(proc, "--qemu", "not an executable")
 

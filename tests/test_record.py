@@ -4,6 +4,8 @@ own -strace, the guest's ELF symbol table and the guest's known stores."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import time
@@ -18,7 +20,9 @@ from .conftest import (
     GUEST_ENV,
     both_qemus,
     decoded_events,
+    host_strace,
     memory_accesses,
+    query,
     read_meta,
     recorded_syscalls,
     run_cannoli,
@@ -197,3 +201,85 @@ def test_guest_killed_by_signal_exits_128_plus_signal(guest, record):
     assert meta["exit_signal"] == 11 and meta["exit_signal_name"] == "SIGSEGV"
     addr, value, info = memory_accesses(trace)
     assert 0xDEADBEEF in value.tolist(), "the store before the crash is missing"
+
+
+# ---------------------------------------------------------------- #! scripts
+
+def _opened(calls) -> list[str]:
+    return [os.fsdecode(strings[0]) for name, strings, ret in calls if name == "openat" and ret >= 0]
+
+
+def _recorded_strings(trace, nr: int) -> list[str]:
+    return [v for (v,) in query(trace, "SELECT value FROM syscall_strings WHERE nr = ? ORDER BY idx", nr)]
+
+
+def _executable(trace) -> tuple[str, int]:
+    ((path, span),) = query(trace, "SELECT path, \"end\" - start FROM modules WHERE kind = 'executable'")
+    return path, span
+
+
+def _load_span(program) -> int:
+    """Bytes from the lowest PT_LOAD page to the end of the highest, from the ELF file."""
+    with open(program, "rb") as f:
+        loads = [s for s in ELFFile(f).iter_segments() if s["p_type"] == "PT_LOAD"]
+    low = min(s["p_vaddr"] for s in loads) & ~0xFFF
+    high = max(s["p_vaddr"] + s["p_memsz"] for s in loads)
+    return ((high + 0xFFF) & ~0xFFF) - low
+
+
+OPENAT = 257
+
+
+def test_sh_script_records_its_interpreter(tmp_path, insn_counter_72):
+    script = tmp_path / "hello.sh"
+    script.write_text('#!/bin/sh\necho "hello from $0 with $# args: $*"\n')
+    script.chmod(0o755)
+    native, calls = host_strace(["./hello.sh", "a", "b c"], cwd=tmp_path)
+    counter, out = insn_counter_72.options()
+    proc = run_cannoli("record", "-o", "t.cannoli", *counter, "./hello.sh", "a", "b c", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == native.stdout.decode() == "hello from ./hello.sh with 2 args: a b c\n"
+    trace = tmp_path / "t.cannoli"
+    meta = read_meta(trace)
+    assert meta["argv"] == ["./hello.sh", "a", "b c"]
+    assert meta["script"] == {"path": "./hello.sh", "chain": [
+        {"file": "./hello.sh", "interpreter": "/bin/sh", "arg": None, "runs": "/bin/sh"}]}
+    # the program QEMU ran is /bin/sh: its image spans what the ELF file's segments span
+    path, span = _executable(trace)
+    assert os.path.realpath(path) == os.path.realpath("/bin/sh") and span == _load_span("/bin/sh")
+    # dash opened the script by the path the kernel gave it, as in the native run
+    assert "./hello.sh" in _opened(calls)
+    assert "./hello.sh" in _recorded_strings(trace, OPENAT)
+    info = run_cannoli("info", trace, "--format", "json")
+    assert json.loads(info.stdout)["script"] == "./hello.sh (#!/bin/sh), run by /bin/sh"
+    # and it is the run the kernel makes: /bin/sh with the script's path, counted in plain QEMU
+    assert meta["counts"]["instructions"] == insn_counter_72.read(out)
+    _, alone = insn_counter_72.options()
+    subprocess.run([insn_counter_72.qemu, "-plugin", f"{insn_counter_72.lib},out={alone}", "-0", "/bin/sh",
+                    "/bin/sh", "./hello.sh", "a", "b c"], cwd=tmp_path, env=GUEST_ENV, capture_output=True, check=True)
+    assert insn_counter_72.read(alone) == meta["counts"]["instructions"]
+
+
+def test_env_python3_script_records_python3(tmp_path):
+    script = tmp_path / "hello.py"
+    script.write_text("#!/usr/bin/env python3\nimport sys\nprint(sys.argv, sys.executable)\n")
+    script.chmod(0o755)
+    env = dict(GUEST_ENV, PATH="/usr/bin:/bin")  # Debian's python3, not a shim or a venv
+    native, calls = host_strace(["./hello.py", "x"], cwd=tmp_path, env=env)
+    execs = [(os.fsdecode(s[0]), [os.fsdecode(a) for a in s[1:]]) for name, s, ret in calls
+             if name == "execve" and ret == 0]
+    assert execs[-1] == ("/usr/bin/python3", ["python3", "./hello.py", "x"])  # what env ran
+    proc = run_cannoli("record", "--no-mem", "-o", "t.cannoli", "./hello.py", "x", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == native.stdout.decode() == "['./hello.py', 'x'] /usr/bin/python3\n"
+    trace = tmp_path / "t.cannoli"
+    meta = read_meta(trace)
+    assert meta["argv"] == ["./hello.py", "x"] and meta["program_path"] == "/usr/bin/python3"
+    assert meta["script"]["chain"] == [
+        {"file": "./hello.py", "interpreter": "/usr/bin/env", "arg": "python3", "runs": "/usr/bin/python3"}]
+    assert meta["left_by_exec"] == []  # python3 itself was recorded, not env
+    path, span = _executable(trace)
+    assert path == "/usr/bin/python3" and span == _load_span("/usr/bin/python3")
+    # python3 opened the script where the native run opened it
+    script_opens = [p for p in _opened(calls) if p.endswith("hello.py")]
+    assert script_opens and [p for p in _recorded_strings(trace, OPENAT) if p.endswith("hello.py")] == script_opens

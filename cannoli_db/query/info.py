@@ -32,6 +32,16 @@ def _registers_recorded(index: Trace) -> str:
     return f"{len(names)} recorded at block entry: {' '.join(names)}" if names else "none"
 
 
+def _script(meta: dict) -> str | None:
+    """A script's #! lines and the ELF that ran it, from meta.json's `script`."""
+    script = meta.get("script")
+    if not isinstance(script, dict):
+        return None
+    lines = [f"#!{e.get('interpreter')}" + (f" {e['arg']}" if e.get("arg") else "")
+             for e in script.get("chain") or [] if isinstance(e, dict)]
+    return f"{script.get('path')} ({'; '.join(lines)}), run by {meta.get('program_path')}"
+
+
 def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, object]]:
     counts = meta.get("counts", {})
     state = "complete" if meta.get("complete") else (
@@ -46,6 +56,8 @@ def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, obje
         ("started", meta.get("start_time")),
         ("wall time s", meta.get("wall_time_s")),
     ]
+    if (script := _script(meta)) is not None:
+        facts.insert(1, ("script", script))
     for left in meta.get("left_by_exec") or []:
         facts.append(("not followed", f"process {left['pid']} called exec({left['path'] or '?'}); "
                                       f"QEMU user mode does not record what it ran after that"))
