@@ -254,13 +254,15 @@ def who_wrote(trace, address, size, before, fmt):
     """The last write to each byte at ADDRESS (hex or symbol+offset) before a position.
 
     One row per write that is still visible, with the bytes it covers: a 1-byte
-    question inside an 8-byte store names that store.
+    question inside an 8-byte store names that store.  `symbol` and `line`
+    (source file:line) come from the module and its separate debug file, as
+    gdb finds them (e.g. /usr/lib/debug/.build-id/, from libc6-dbg).
 
     Example: cannoli who-wrote app.cannoli counter+4 --size 4 --before 120000
     """
     with _open(trace) as t:
         writes = t.who_wrote(address, size=size, before=before)
-    columns = ["idx", "tid", "pc", "symbol", "addr", "size", "value", "first_byte", "last_byte", "bytes"]
+    columns = ["idx", "tid", "pc", "symbol", "addr", "size", "value", "first_byte", "last_byte", "bytes", "line"]
     write_rows(columns, [tuple(getattr(w, c) for c in columns) for w in writes], fmt)
     covered = sum(w.bytes for w in writes)
     if covered < size:
@@ -280,7 +282,8 @@ def replay(trace, span, tid, fmt):
     """Step through the recorded execution, one instruction per line.
 
     Each line: position, thread, pc, symbol+offset, the instruction (disassembled
-    from the recorded bytes), memory reads/writes with values, and any syscall.
+    from the recorded bytes), memory reads/writes with values, the source line
+    where the DWARF has one (`; file.c:12`; json: "line"), and any syscall.
 
     Example: cannoli replay app.cannoli --range main:+200 --tid 4242
     """

@@ -1,6 +1,7 @@
 """Replay: the recorded execution, one instruction at a time.
 
-Each Step is one position: thread, pc, `symbol+offset`, the instruction as
+Each Step is one position: thread, pc, `symbol+offset`, its source
+`file:line` where the module's DWARF has one, the instruction as
 capstone reads the recorded bytes, the memory accesses it made (with values),
 the syscall it entered, and (QEMU >= 9 traces) the registers: all of them at
 the first step, then the ones that changed, at each block entry.  Steps are produced window by window
@@ -9,6 +10,7 @@ the first step, then the ones that changed, at each block entry.  Steps are prod
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
@@ -53,6 +55,7 @@ class Step:
     mem: tuple[Access, ...] = field(default=())
     syscall: Syscall | None = None
     regs: tuple[tuple[str, int], ...] = field(default=())  # (name, value) at this step's entry
+    line: str | None = None  # source file:line of pc, where the module's DWARF says
 
     def as_dict(self) -> dict:
         return {
@@ -63,12 +66,15 @@ class Step:
                 "nr": self.syscall.nr, "name": self.syscall.name, "args": list(self.syscall.args),
                 "ret": self.syscall.ret},
             "regs": dict(self.regs),
+            "line": self.line,
         }
 
     def text(self) -> str:
         accesses = " ".join(
             f"{'W' if a.is_write else 'R'}[{a.addr:#x}]={'?' if a.value is None else hex(a.value)}" for a in self.mem)
         line = f"{self.idx:>10} {self.tid:>7} {self.pc:#014x} {self.symbol:<32} {self.insn:<40} {accesses}".rstrip()
+        if self.line:
+            line += f"  ; {posixpath.basename(self.line)}"
         if self.regs:
             line += f"\n{'':>19}regs " + " ".join(f"{name}={value:#x}" for name, value in self.regs)
         if self.syscall is not None:
@@ -192,10 +198,10 @@ def _window(trace, disasm: Disassembler, lo: int, hi: int, tid: int | None) -> I
     texts, codes = _block_texts(trace, disasm, {r[3] for r in insns})
     pcs = np.fromiter((r[2] for r in insns), np.uint64, len(insns))
     unique, inverse = np.unique(pcs, return_inverse=True)
-    names = trace.symbolizer.names(unique)
-    for (idx, thread, pc, block_id, n), name_at in zip(insns, inverse):
-        yield Step(idx, thread, pc, names[name_at], texts[block_id][n], codes[block_id][n],
-                   mem.get(idx, ()), calls.get(idx), regs.get(idx, ()))
+    names, lines = trace.symbolizer.names(unique), trace.symbolizer.locations(unique)
+    for (idx, thread, pc, block_id, n), at in zip(insns, inverse):
+        yield Step(idx, thread, pc, names[at], texts[block_id][n], codes[block_id][n],
+                   mem.get(idx, ()), calls.get(idx), regs.get(idx, ()), lines[at])
 
 
 def _by_idx(rows) -> dict[int, tuple[Access, ...]]:

@@ -8,13 +8,13 @@ its segments, and the first executed block gives the interpreter's load bias.
 Later changes come from the syscalls table (mmap, munmap, mprotect, mremap,
 brk); a mapping's file comes from the open call that made its descriptor
 (path strings are recorded by the plugin).  Modules are the program, the
-interpreter and every ELF file mapped at offset 0; their symbols (pyelftools)
-are relocated to where they were loaded.
+interpreter and every ELF file mapped at offset 0; their symbols, and those of
+their separate debug files (cannoli_db.symbols), are relocated to where they
+were loaded.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +23,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
 from .. import format as F
+from .. import symbols
 
 PAGE = 4096
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
@@ -92,29 +93,6 @@ def read_elf(path: str) -> ElfImage | None:
         return None
 
 
-def elf_symbols(path: str):
-    """(name, value, size, kind) of the FUNC and OBJECT symbols of an ELF file."""
-    out = {}
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            # an ARM FUNC symbol's bit 0 marks Thumb code; the code starts at the even address
-            thumb_bit = 1 if elf["e_machine"] == "EM_ARM" else 0
-            for name in (".symtab", ".dynsym"):
-                section = elf.get_section_by_name(name)
-                if section is None:
-                    continue
-                for sym in section.iter_symbols():
-                    kind = sym["st_info"]["type"]
-                    if kind in ("STT_FUNC", "STT_OBJECT") and sym["st_value"] and sym.name:
-                        value = sym["st_value"] & ~thumb_bit if kind == "STT_FUNC" else sym["st_value"]
-                        out[(sym.name, value)] = (sym.name, value, sym["st_size"],
-                                                  "FUNC" if kind == "STT_FUNC" else "OBJECT")
-    except (OSError, ELFError, ValueError):
-        return []
-    return list(out.values())
-
-
 class _Builder:
     def __init__(self, sysroot: str | None):
         self.sysroot = sysroot
@@ -122,11 +100,7 @@ class _Builder:
         self.modules = []  # (pid, path, start, end, bias, kind)
 
     def host_path(self, guest_path: str) -> str:
-        if self.sysroot and guest_path.startswith("/"):
-            candidate = os.path.join(self.sysroot, guest_path.lstrip("/"))
-            if os.path.exists(candidate):
-                return candidate
-        return guest_path
+        return symbols.host_path(guest_path, self.sysroot)
 
     def place(self, pid: int, image: ElfImage, bias: int, kind: str, guest_path: str) -> None:
         for vaddr, memsz, offset, prot in image.loads:
@@ -234,9 +208,13 @@ def _library(b: _Builder, pid: int, path: str, start: int) -> None:
 
 def _symbols(b: _Builder) -> pa.Table:
     cols = {"pid": [], "module": [], "name": [], "addr": [], "size": [], "kind": []}
+    read: dict[str, tuple] = {}  # host path -> (image, symbols): a library shared by many processes is read once
     for pid, path, _, _, bias, _ in b.modules:
-        image = read_elf(b.host_path(path))
-        for name, value, size, kind in elf_symbols(b.host_path(path)):
+        host = b.host_path(path)
+        if host not in read:
+            read[host] = (read_elf(host), symbols.module_symbols(host, b.sysroot))
+        image, found = read[host]
+        for name, value, size, kind in found:
             cols["pid"].append(pid)
             cols["module"].append(path)
             cols["name"].append(name)

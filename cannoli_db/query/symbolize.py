@@ -1,8 +1,12 @@
-"""Addresses and names: `symbol+offset` for a pc, and an address for `symbol+offset`.
+"""Addresses and names: `symbol+offset` and `file:line` for a pc, and an address
+for `symbol+offset`.
 
-Both directions use the trace's `symbols` and `modules` tables (ELF symbols
-relocated to their load addresses at index time).  Lookups of many pcs are
-vectorised with numpy's searchsorted over the symbols sorted by address.
+Names use the trace's `symbols` and `modules` tables (the symbols of each
+module and of its separate debug file, relocated to their load addresses at
+index time).  Lookups of many pcs are vectorised with numpy's searchsorted over
+the symbols sorted by address.  Source lines come from the DWARF of each
+module's files on disk (cannoli_db.symbols: the debug file gdb would load, else
+the module itself), read on first use.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import re
 import numpy as np
 
 from ..errors import CannoliError
+from ..symbols import SourceLines, find_debug_file, host_path
 
 _ADDRESS = re.compile(r"^(?:(?P<module>[^!\s]+)!)?(?P<name>[A-Za-z_.$@][\w.$@]*)\s*(?:(?P<sign>[+-])\s*(?P<offset>\w+))?$")
 # a symbol with no size is taken to cover at most this many bytes after it
@@ -28,9 +33,10 @@ def parse_number(text: str) -> int | None:
 
 
 class Symbolizer:
-    """Names for addresses, from one trace's symbols and modules."""
+    """Names and source lines for addresses, from one trace's symbols and modules;
+    `sysroot` is the trace's (meta.sysroot), where its guest paths are on this host."""
 
-    def __init__(self, con):
+    def __init__(self, con, sysroot: str | None = None):
         rows = con.execute("""
             SELECT addr, size, name, module FROM symbols
             QUALIFY row_number() OVER (PARTITION BY addr ORDER BY kind = 'FUNC' DESC, size > 0 DESC,
@@ -42,11 +48,16 @@ class Symbolizer:
         self._by_name: dict[str, list[tuple[int, str]]] = {}
         for addr, _, name, module in con.execute("SELECT DISTINCT addr, size, name, module FROM symbols").fetchall():
             self._by_name.setdefault(name, []).append((addr, module))
-        modules = con.execute("SELECT start, \"end\", path, kind FROM modules ORDER BY start").fetchall()
+        modules = con.execute("SELECT start, \"end\", path, kind, load_bias FROM modules ORDER BY start").fetchall()
         self._mod_start = np.array([m[0] for m in modules], np.uint64)
         self._mod_end = np.array([m[1] for m in modules], np.uint64)
         self._mod_name = [os.path.basename(m[2]) for m in modules]
+        self._mod_path = [m[2] for m in modules]
+        self._mod_bias = [m[4] for m in modules]
         self._executables = {m[2] for m in modules if m[3] == "executable"}
+        self._sysroot = sysroot
+        self._lines = SourceLines()
+        self._line_files: dict[str, str] = {}  # guest path -> the ELF file whose DWARF gives its lines
 
     def name(self, pc: int | None) -> str:
         if pc is None:
@@ -71,6 +82,35 @@ class Symbolizer:
             for k in np.flatnonzero(in_mod):
                 out[k] = f"{self._mod_name[j[k]]}+{int(pcs[k] - self._mod_start[j[k]]):#x}"
         return out
+
+    def line(self, pc: int | None) -> tuple[str, int] | None:
+        """(source file, line) of a pc where the module's DWARF says, else None."""
+        return None if pc is None else self.lines(np.array([pc], np.uint64))[0]
+
+    def lines(self, pcs) -> list[tuple[str, int] | None]:
+        """(source file, line) or None for each pc; file names as gdb's `info line` shows them."""
+        pcs = np.asarray(pcs, np.uint64)
+        out: list[tuple[str, int] | None] = [None] * len(pcs)
+        if not len(self._mod_start) or not len(pcs):
+            return out
+        j = np.searchsorted(self._mod_start, pcs, side="right") - 1
+        inside = (j >= 0) & (pcs < self._mod_end[np.maximum(j, 0)])
+        for k in np.flatnonzero(inside):
+            address = int(pcs[k]) - self._mod_bias[j[k]]
+            if address >= 0:
+                out[k] = self._lines.line(self._line_file(self._mod_path[j[k]]), address)
+        return out
+
+    def locations(self, pcs) -> list[str | None]:
+        """`file:line` or None for each pc."""
+        return [None if where is None else f"{where[0]}:{where[1]}" for where in self.lines(pcs)]
+
+    def _line_file(self, module: str) -> str:
+        if module not in self._line_files:
+            path = host_path(module, self._sysroot)
+            debug = find_debug_file(path, self._sysroot)
+            self._line_files[module] = debug if debug and self._lines.has_lines(debug) else path
+        return self._line_files[module]
 
     def address(self, text: str) -> int:
         """The address that `text` names: hex, decimal, or `[module!]symbol[+offset]`."""

@@ -65,6 +65,7 @@ class Write:
     first_byte: int   # the part of the asked range it covers, inclusive
     last_byte: int
     bytes: int        # how many bytes of the asked range it is the last write for
+    line: str | None = None  # pc as source file:line, where the module's DWARF says
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ class Trace:
 
     @cached_property
     def symbolizer(self) -> Symbolizer:
-        return Symbolizer(self._con)
+        return Symbolizer(self._con, self.meta.get("sysroot"))
 
     def address(self, where: int | str) -> int:
         """An address from an int, hex/decimal text, or `[module!]symbol[+offset]`."""
@@ -201,6 +202,10 @@ class Trace:
     def symbol(self, pc: int | None) -> str:
         """`symbol+0xoff` for an address (or `module+0xoff`, or hex)."""
         return self.symbolizer.name(pc)
+
+    def line(self, pc: int | None) -> tuple[str, int] | None:
+        """(source file, line) of an address, from its module's DWARF (None where there is none)."""
+        return self.symbolizer.line(pc)
 
     # -- replay ------------------------------------------------------------
 
@@ -224,8 +229,9 @@ class Trace:
         start = self._checked_range(addr, size)
         self._check_position(before, "before")
         rows = self.query("who_wrote", addr=start, size=size, **({} if before is None else {"before": before}))
-        names = self.symbolizer.names([r["pc"] for r in rows.dicts()]) if rows.rows else []
-        return [Write(symbol=name, **r) for r, name in zip(rows.dicts(), names)]
+        pcs = [r["pc"] for r in rows.dicts()]
+        names, lines = (self.symbolizer.names(pcs), self.symbolizer.locations(pcs)) if pcs else ([], [])
+        return [Write(symbol=name, line=line, **r) for r, name, line in zip(rows.dicts(), names, lines)]
 
     def memory_at(self, idx: int, addr: int | str, length: int) -> Memory:
         """Memory [addr, addr + length) as the recorded accesses show it at position idx: from the latest
