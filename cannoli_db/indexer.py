@@ -26,7 +26,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from . import address_space, guest_binary, schema, syscall_tables, tracedir
+from . import address_space, guest_binary, schema, syscall_render, syscall_tables, tracedir
 from . import format as F
 from .decode import ChunkError, Packet, chunk_files, decode_chunk_file
 from .errors import CannoliError
@@ -410,11 +410,12 @@ def _load_syscalls(con, plan, ev: np.ndarray, events: EventLog, meta: dict) -> i
     pending = {}
     for e in ev[order]:
         thread = (int(e["pid"]), int(e["tid"]))
-        if e["kind"] == F.EV_SYSCALL:
-            pending[thread] = (int(e["packet_seq"]), int(e["i"]))
+        if e["kind"] == F.EV_SYSCALL:  # keyed by thread too: each thread numbers its packets from 0
+            pending[thread] = (*thread, int(e["packet_seq"]), int(e["i"]))
             ret_of[pending[thread]] = None
         elif e["kind"] == F.EV_SYSRET and thread in pending:
             ret_of[pending.pop(thread)] = int(np.int64(e["v"][1]))
+    strings, buffers, memory = _syscall_blobs(plan, ev, events)
     rows = []
     for e in calls:
         idx = syscall_position(plan, int(e["pid"]), int(e["tid"]), int(e["ordinal"]))
@@ -422,23 +423,43 @@ def _load_syscalls(con, plan, ev: np.ndarray, events: EventLog, meta: dict) -> i
             continue
         nr = int(np.int64(e["v"][0]))
         args = [syscall_tables.word(arch, int(x)) for x in e["v"][1:7]]
-        ret = syscall_tables.result(arch, ret_of.get((int(e["packet_seq"]), int(e["i"]))))
-        rows.append((idx, int(e["tid"]), int(e["pid"]), nr, names.get(nr), *args, ret, int(e["seq"])))
+        ret = syscall_tables.result(arch, ret_of.get((int(e["pid"]), int(e["tid"]), int(e["packet_seq"]),
+                                                      int(e["i"]))))
+        text = syscall_render.render(syscall_render.Call(arch, nr, names.get(nr), tuple(args), ret,
+                                                         *memory.get((idx, int(e["tid"])), ({}, {}))))
+        rows.append((idx, int(e["tid"]), int(e["pid"]), nr, names.get(nr), *args, ret, int(e["seq"]), text))
     if rows:
-        con.executemany(f"INSERT INTO syscalls VALUES ({', '.join('?' * 13)})", rows)
-    strings = []
+        con.executemany(f"INSERT INTO syscalls VALUES ({', '.join('?' * 14)})", rows)
+    if strings:
+        con.executemany("INSERT INTO syscall_strings VALUES (?, ?, ?, ?, ?, ?, ?)", strings)
+    if buffers:
+        con.executemany("INSERT INTO syscall_buffers VALUES (?, ?, ?, ?, ?, ?, ?, ?)", buffers)
+    return len(rows)
+
+
+def _syscall_blobs(plan, ev: np.ndarray, events: EventLog):
+    """syscall_strings and syscall_buffers rows, and the guest memory copied
+    for each call, for the renderer: {(idx, tid): ({arg: Blob}, {(arg, item): Blob})}."""
+    strings, buffers, memory = [], [], {}
     for e in ev[ev["kind"] == F.EV_BLOB]:
         idx = syscall_position(plan, int(e["pid"]), int(e["tid"]), int(e["ordinal"]))
         blob = events.blobs.get((int(e["pid"]), int(e["tid"]), int(e["packet_seq"]), int(e["i"])), b"")
         flags = int(e["v"][5])
         if idx is None:
             continue
-        strings.append((idx, int(e["tid"]), int(np.int64(e["v"][3])), int(e["v"][4]), int(e["v"][0]),
-                        None if flags & F.BLOB_UNREADABLE else blob.decode("utf-8", "backslashreplace"),
-                        bool(flags & F.BLOB_TRUNCATED)))
-    if strings:
-        con.executemany("INSERT INTO syscall_strings VALUES (?, ?, ?, ?, ?, ?, ?)", strings)
-    return len(rows)
+        nr, arg = int(np.int64(e["v"][3])), int(e["v"][4])
+        data = None if flags & F.BLOB_UNREADABLE else blob
+        truncated = bool(flags & F.BLOB_TRUNCATED)
+        call_strings, call_buffers = memory.setdefault((idx, int(e["tid"])), ({}, {}))
+        if flags & F.BLOB_BUFFER:
+            item = int(e["v"][6])
+            buffers.append((idx, int(e["tid"]), nr, arg, item, int(e["v"][0]), data, truncated))
+            call_buffers[(arg, item)] = syscall_render.Blob(data, truncated)
+        else:
+            strings.append((idx, int(e["tid"]), nr, arg, int(e["v"][0]),
+                            None if data is None else blob.decode("utf-8", "backslashreplace"), truncated))
+            call_strings[arg] = syscall_render.Blob(data, truncated)
+    return strings, buffers, memory
 
 
 def _load_meta(con, meta: dict, **index_facts) -> None:
