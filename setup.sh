@@ -26,7 +26,8 @@ done
 APT_PACKAGES=(qemu-user gcc libc6-dev libcapstone-dev python3-venv
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
     gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-mipsel-linux-gnu libc6-dev-mipsel-cross
-    default-jre-headless libc6-dbg gdb binutils xz-utils)
+    default-jre-headless libc6-dbg gdb binutils xz-utils
+    strace)  # strace: the reference of tests/test_strace_render.py
 # what `cannoli setup-qemu` runs to fetch, patch and build QEMU 10
 QEMU10_PACKAGES=(libglib2.0-dev flex bison ninja-build pkg-config dpkg-dev patch debian-archive-keyring)
 if [ "$QEMU10" -eq 1 ]; then

@@ -37,11 +37,10 @@ class Syscall:
     name: str | None
     args: tuple[int, ...]
     ret: int | None  # None: it never returned
+    call: str  # as strace prints it: rendered once, at index time (syscall_render.py)
 
     def render(self) -> str:
-        args = ", ".join(hex(a) for a in self.args)
-        result = "?" if self.ret is None else str(self.ret)
-        return f"{self.name or f'syscall_{self.nr}'}({args}) = {result}"
+        return self.call
 
 
 @dataclass(frozen=True)
@@ -64,7 +63,7 @@ class Step:
             "mem": [{"addr": a.addr, "size": a.size, "write": a.is_write, "value": a.value} for a in self.mem],
             "syscall": None if self.syscall is None else {
                 "nr": self.syscall.nr, "name": self.syscall.name, "args": list(self.syscall.args),
-                "ret": self.syscall.ret},
+                "ret": self.syscall.ret, "call": self.syscall.call},
             "regs": dict(self.regs),
             "line": self.line,
         }
@@ -191,8 +190,8 @@ def _window(trace, disasm: Disassembler, lo: int, hi: int, tid: int | None) -> I
     if not insns:
         return
     mem = _by_idx(window_mem(trace, lo, hi, tid))
-    calls = {r[0]: Syscall(r[1], r[2], tuple(r[3:9]), r[9]) for r in trace.sql("""
-        SELECT idx, nr, name, arg0, arg1, arg2, arg3, arg4, arg5, ret FROM syscalls
+    calls = {r[0]: Syscall(r[1], r[2], tuple(r[3:9]), r[9], r[10]) for r in trace.sql("""
+        SELECT idx, nr, name, arg0, arg1, arg2, arg3, arg4, arg5, ret, call FROM syscalls
         WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid)""", params).rows}
     regs = window_regs(trace, lo, hi, tid)
     texts, codes = _block_texts(trace, disasm, {r[3] for r in insns})

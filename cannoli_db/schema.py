@@ -80,6 +80,7 @@ syscalls = Table(
     *[Column(f"arg{i}", UBigInteger, nullable=False) for i in range(6)],
     Column("ret", BigInteger, comment="return value; NULL if the call never returned (exit, a kill)"),
     Column("seq", UBigInteger, nullable=False, comment="global order of syscall entries"),
+    Column("call", String, nullable=False, comment="the call as strace prints it (syscall_render.py)"),
 )
 
 syscall_strings = Table(
@@ -90,6 +91,18 @@ syscall_strings = Table(
     Column("arg", UTinyInteger, nullable=False, comment="0-based argument index"),
     Column("addr", UBigInteger, nullable=False, comment="the guest pointer"),
     Column("value", String, comment="the string (NULL if the pointer was unreadable)"),
+    Column("truncated", Boolean, nullable=False, comment="longer than 4096 bytes: only the prefix"),
+)
+
+syscall_buffers = Table(
+    "syscall_buffers", metadata,
+    Column("idx", UBigInteger, nullable=False, comment="position of the syscall instruction"),
+    _tid(),
+    Column("nr", BigInteger, nullable=False),
+    Column("arg", UTinyInteger, nullable=False, comment="0-based argument index"),
+    Column("item", UInteger, nullable=False, comment="0: what the argument points to; k: iovec element k-1"),
+    Column("addr", UBigInteger, nullable=False, comment="the guest pointer"),
+    Column("data", LargeBinary, comment="the bytes (NULL if the pointer was unreadable)"),
     Column("truncated", Boolean, nullable=False, comment="longer than 4096 bytes: only the prefix"),
 )
 

@@ -159,7 +159,9 @@ enum cn_event_kind {
     CN_EV_PARTIAL      = 6, /* exec `ordinal` ran only v0 instructions of its block; v1 is
                                the twin block of those instructions                        */
     CN_EV_BLOB         = 7, /* v0 guest address, v1 blob offset in this packet, v2 length,
-                               v3 syscall number, v4 argument index, v5 CN_BLOB_* flags     */
+                               v3 syscall number, v4 argument index, v5 CN_BLOB_* flags,
+                               v6 item: 0 the memory the argument points to; for an iovec
+                               array (CN_BLOB_BUFFER) k >= 1 the data of element k-1     */
     CN_EV_PROCESS      = 8, /* first translation of the recording (fork children share the
                                parent's layout): v0 start of the program's
                                code, v1 end of it, v2 its entry point (QEMU's loader view),
@@ -172,6 +174,9 @@ enum cn_event_kind {
 #define CN_BLOB_STRING     1u   /* a NUL-terminated string argument (NUL not stored)   */
 #define CN_BLOB_TRUNCATED  2u   /* longer than CN_MAX_BLOB_ITEM: only the prefix kept  */
 #define CN_BLOB_UNREADABLE 4u   /* the guest pointer could not be read (length 0)      */
+#define CN_BLOB_BUFFER     8u   /* bytes the kernel reads (copied at syscall entry) or
+                                   writes (copied at its return, if it succeeded): the
+                                   call's length or struct size, at most the cap        */
 
 struct cn_event {
     uint16_t kind;          /* enum cn_event_kind                                     */

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import format as F
-from .. import schema, store, syscall_tables, tracedir
+from .. import schema, store, syscall_render, syscall_tables, tracedir
 from ..positions import BlockTable, PositionPlan
 from .events import EventLog, pair_syscalls
 
@@ -54,36 +54,60 @@ def load_threads(con, plan: PositionPlan) -> None:
 
 
 def load_syscalls(con, plan: PositionPlan, events: EventLog, arch: str) -> int:
-    """The syscalls and syscall_strings tables; returns the number of syscalls."""
+    """The syscalls, syscall_strings and syscall_buffers tables, each call
+    rendered as strace renders it (syscall_render); returns the number of calls."""
     ev = events.table()
     names = syscall_tables.names(arch)
     returns = pair_syscalls(ev)
     at = {}  # (stream, ordinal) -> idx of the syscall made there
+    for e in ev[ev["kind"] == F.EV_SYSCALL]:
+        if int(e["seq"]):  # 0: no position, a damaged stream
+            at[(int(e["stream"]), int(e["ordinal"]))] = plan.syscall_position(int(e["seq"]))
+    strings, buffers, memory = _syscall_blobs(ev, events, at)
     rows = []
     for e in ev[ev["kind"] == F.EV_SYSCALL]:
         stream, seq = int(e["stream"]), int(e["seq"])
-        if seq == 0:
-            continue  # no position: a damaged stream
-        idx = plan.syscall_position(seq)
-        at[(stream, int(e["ordinal"]))] = idx
+        if not seq:
+            continue
+        idx = at[(stream, int(e["ordinal"]))]
         nr = int(np.int64(e["v"][0]))
         args = [syscall_tables.word(arch, int(x)) for x in e["v"][1:7]]
         ret = syscall_tables.result(arch, returns.get((stream, int(e["packet_seq"]), int(e["i"]))))
-        rows.append((idx, int(e["tid"]), int(e["pid"]), nr, names.get(nr), *args, ret, seq))
+        text = syscall_render.render(syscall_render.Call(arch, nr, names.get(nr), tuple(args), ret,
+                                                         *memory.get((idx, int(e["tid"])), ({}, {}))))
+        rows.append((idx, int(e["tid"]), int(e["pid"]), nr, names.get(nr), *args, ret, seq, text))
     if rows:
-        con.executemany(f"INSERT INTO syscalls VALUES ({', '.join('?' * 13)})", rows)
-    strings = []
+        con.executemany(f"INSERT INTO syscalls VALUES ({', '.join('?' * 14)})", rows)
+    if strings:
+        con.executemany("INSERT INTO syscall_strings VALUES (?, ?, ?, ?, ?, ?, ?)", strings)
+    if buffers:
+        con.executemany("INSERT INTO syscall_buffers VALUES (?, ?, ?, ?, ?, ?, ?, ?)", buffers)
+    return len(rows)
+
+
+def _syscall_blobs(ev: np.ndarray, events: EventLog, at: dict):
+    """syscall_strings and syscall_buffers rows, and the guest memory copied
+    for each call, for the renderer: {(idx, tid): ({arg: Blob}, {(arg, item): Blob})}."""
+    strings, buffers, memory = [], [], {}
     for e in ev[ev["kind"] == F.EV_BLOB]:
         idx = at.get((int(e["stream"]), int(e["ordinal"])))
         if idx is None:
             continue
         flags = int(e["v"][5])
-        strings.append((idx, int(e["tid"]), int(np.int64(e["v"][3])), int(e["v"][4]), int(e["v"][0]),
-                        None if flags & F.BLOB_UNREADABLE else events.blob(e).decode("utf-8", "backslashreplace"),
-                        bool(flags & F.BLOB_TRUNCATED)))
-    if strings:
-        con.executemany("INSERT INTO syscall_strings VALUES (?, ?, ?, ?, ?, ?, ?)", strings)
-    return len(rows)
+        blob = events.blob(e)
+        nr, arg = int(np.int64(e["v"][3])), int(e["v"][4])
+        data = None if flags & F.BLOB_UNREADABLE else blob
+        truncated = bool(flags & F.BLOB_TRUNCATED)
+        call_strings, call_buffers = memory.setdefault((idx, int(e["tid"])), ({}, {}))
+        if flags & F.BLOB_BUFFER:
+            item = int(e["v"][6])
+            buffers.append((idx, int(e["tid"]), nr, arg, item, int(e["v"][0]), data, truncated))
+            call_buffers[(arg, item)] = syscall_render.Blob(data, truncated)
+        else:
+            strings.append((idx, int(e["tid"]), nr, arg, int(e["v"][0]),
+                            None if data is None else blob.decode("utf-8", "backslashreplace"), truncated))
+            call_strings[arg] = syscall_render.Blob(data, truncated)
+    return strings, buffers, memory
 
 
 def load_store_index(con, trace, n_parts: int) -> None:

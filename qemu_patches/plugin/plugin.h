@@ -5,7 +5,7 @@
  *   plugin_lane.c     per-thread state, lanes (taking, publishing, waiting), events
  *   plugin_exec.c     block translation and execution, exact instruction counts
  *   plugin_mem.c      memory accesses with their values
- *   plugin_syscall.c  syscalls, their string arguments, ordering segments
+ *   plugin_syscall.c  syscalls, their string and buffer arguments, ordering segments
  *   plugin_regs.c     registers at block entry (plugin API >= 2)
  *   plugin_reg_writes.c  which registers a block may write (capstone)
  *   plugin_compat.c   what differs between plugin API versions and keeps state
@@ -66,6 +66,9 @@ struct cn_thread {
     void *reg_buf;                 /* GByteArray QEMU reads registers into         */
     bool regs_resync;              /* read every register at the next block entry */
     bool started;
+    bool call_pending;             /* the open syscall has buffers to copy at its return */
+    int64_t call_nr;               /* ... its number and arguments (plugin_syscall.c) */
+    uint64_t call_args[6];
 };
 
 /* Global state, set once in qemu_plugin_install. */
