@@ -115,6 +115,15 @@ def elf_symbols(path: str):
     return list(out.values())
 
 
+def host_path(sysroot: str | None, guest_path: str) -> str:
+    """Where a file the guest named is on the host: under the sysroot first."""
+    if sysroot and guest_path.startswith("/"):
+        candidate = os.path.join(sysroot, guest_path.lstrip("/"))
+        if os.path.exists(candidate):
+            return candidate
+    return guest_path
+
+
 class _Builder:
     def __init__(self, sysroot: str | None):
         self.sysroot = sysroot
@@ -122,11 +131,7 @@ class _Builder:
         self.modules = []  # (pid, path, start, end, bias, kind)
 
     def host_path(self, guest_path: str) -> str:
-        if self.sysroot and guest_path.startswith("/"):
-            candidate = os.path.join(self.sysroot, guest_path.lstrip("/"))
-            if os.path.exists(candidate):
-                return candidate
-        return guest_path
+        return host_path(self.sysroot, guest_path)
 
     def place(self, pid: int, image: ElfImage, bias: int, kind: str, guest_path: str) -> None:
         for vaddr, memsz, offset, prot in image.loads:

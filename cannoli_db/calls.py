@@ -66,7 +66,7 @@ _lib = None
 _ROW = np.dtype([("call_idx", "<u8"), ("ret_idx", "<u8"), ("end_idx", "<u8"), ("caller_pc", "<u8"),
                  ("callee_pc", "<u8"), ("parent", "<u8"), ("sp", "<u8"), ("insns", "<u8"), ("tid", "<u4"),
                  ("depth", "<u4"), ("kind", "u1"), ("nulls", "u1"), ("pad", "u1", (6,))])
-_NULL_BITS = {"ret_idx": 1, "end_idx": 2, "parent": 4, "sp": 8, "callee_pc": 16, "insns": 32}
+_NULL_BITS = {"ret_idx": 1, "parent": 4, "sp": 8, "callee_pc": 16, "insns": 32}
 
 SCHEMA = pa.schema([
     ("tid", pa.uint32()), ("call_idx", pa.uint64()), ("ret_idx", pa.uint64()), ("end_idx", pa.uint64()),
@@ -348,7 +348,7 @@ class CallWalker:
         self._check(status, key)
 
     def end(self, key) -> None:
-        """The thread is done: its frames still open become rows without an end."""
+        """The thread is done: its frames still open become rows that end at its last position."""
         t = self._threads.pop(key)
         lib = _library()
         self.dropped += lib.cn_calls_thread_dropped(t)
@@ -425,3 +425,40 @@ def sort_rows(table: pa.Table) -> pa.Table:
     """calls rows in their stored order: (tid, call_idx, depth)."""
     return table.sort_by([("tid", "ascending"), ("call_idx", "ascending"), ("depth", "ascending")])
 
+
+
+class InOrder:
+    """Feeds a CallWalker from packets that may arrive out of order: each thread's executions are
+    handed over in exec-ordinal order (exec_first, docs/format.md section 7), the rest wait."""
+
+    def __init__(self, walker: CallWalker, sigreturns: dict):
+        self.walker = walker
+        self._sigreturns = sigreturns  # thread key -> its rt_sigreturn positions
+        self._next: dict = {}          # thread key -> the exec ordinal it needs next
+        self._waiting: dict = {}       # thread key -> {exec_first: feed arguments}
+
+    def add(self, key, tid: int, exec_first: int, idx, block_id, icount, sp_idx, sp_value) -> None:
+        """One packet's executions (and sp changes); a packet without executions only brings sp changes."""
+        if key not in self._next:
+            self.walker.start(key, tid, self._sigreturns.get(key, ()))
+            self._next[key] = 0
+        waiting = self._waiting.setdefault(key, {})
+        batch = waiting.setdefault(exec_first, [[], [], [], [], []])
+        for part, values in zip(batch, (idx, block_id, icount, sp_idx, sp_value)):
+            part.append(np.asarray(values))
+        while self._next[key] in waiting and sum(len(a) for a in waiting[self._next[key]][0]):
+            self._feed(key, waiting.pop(self._next[key]))
+
+    def _feed(self, key, batch) -> None:
+        idx, block_id, icount, sp_idx, sp_value = (np.concatenate(part) for part in batch)
+        order = np.argsort(sp_idx, kind="stable")
+        self.walker.feed(key, idx, block_id, icount, sp_idx[order], sp_value[order])
+        self._next[key] += len(idx)
+
+    def finish(self) -> pa.Table:
+        """Feed what still waits (after a gap: a damaged or missing chunk) in order, end every thread."""
+        for key, waiting in self._waiting.items():
+            for first in sorted(waiting):
+                self._feed(key, waiting[first])
+        self._waiting.clear()
+        return self.walker.finish()

@@ -26,7 +26,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from . import address_space, guest_binary, schema, syscall_tables, tracedir
+from . import address_space, calls, guest_binary, schema, syscall_tables, tracedir
 from . import format as F
 from .decode import ChunkError, Packet, chunk_files, decode_chunk_file
 from .errors import CannoliError
@@ -125,10 +125,13 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
                 con.execute(ddl)
             # exec and mem need no particular physical order (mem_by_addr does): ~25% faster loads
             con.execute("SET preserve_insertion_order = false")
-            loaded = _pass_b(con, files[: used.chunks], plan, blocks, events.register_names(), workers, progress)
-            con.execute("SET preserve_insertion_order = true")
-            _load_blocks(con, blocks)
             ev_table = events.table()
+            walk = _CallWalk(con, meta["arch"], blocks, plan, ev_table, events.register_names())
+            loaded = _pass_b(con, files[: used.chunks], plan, blocks, events.register_names(), workers, progress,
+                             walk)
+            con.execute("SET preserve_insertion_order = true")
+            calls_seconds = walk.finish()
+            _load_blocks(con, blocks)
             _load_threads(con, plan, ev_table)
             syscall_rows = _load_syscalls(con, plan, ev_table, events, meta)
             address_space.load(con, meta, ev_table, events.blobs, plan)
@@ -136,7 +139,8 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False) -> Index
             complete = bool(meta.get("complete")) and problem is None
             _load_meta(con, meta, index_complete=complete, index_problem=problem, index_instructions=total,
                        index_chunks=used.chunks, index_unplaced_mem=loaded.unplaced_mem,
-                       index_mem_by_addr_seconds=sort_seconds,
+                       index_mem_by_addr_seconds=sort_seconds, index_calls_seconds=calls_seconds,
+                       index_calls_dropped=walk.walker.dropped,
                        index_seconds=round(time.monotonic() - started, 3))
             con.execute("CHECKPOINT")
         finally:
@@ -240,16 +244,17 @@ class _Loaded:
 
 
 def _pass_b(con, files, plan: PositionPlan, blocks: BlockTable, reg_names: list[str], workers: int,
-            progress) -> _Loaded:
+            progress, walk: _CallWalk) -> _Loaded:
     insn_start, insn_pc = blocks.insn_pc_table()
     loaded = _Loaded()
 
     def rows_of(path: Path):
-        tables, unplaced = [], 0
+        tables, unplaced, feeds = [], 0, []
         for p in decode_chunk_file(path):
             tables.append(_packet_rows(p, plan, blocks, insn_start, insn_pc, reg_names, path.stem))
             unplaced += len(p.mem_info) - tables[-1][1].num_rows
-        return [pa.concat_tables(parts) for parts in zip(*tables)], unplaced
+            feeds.append(walk.packet_feed(p, tables[-1][0], tables[-1][2]))
+        return [pa.concat_tables(parts) for parts in zip(*tables)], unplaced, feeds
 
     batch: list = []
 
@@ -261,7 +266,8 @@ def _pass_b(con, files, plan: PositionPlan, blocks: BlockTable, reg_names: list[
         batch.clear()
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for tables, unplaced in _bounded_map(pool, rows_of, files, window=workers + 1):
+        for tables, unplaced, feeds in _bounded_map(pool, rows_of, files, window=workers + 1):
+            walk.feed(feeds)
             batch.append(tables)
             loaded.exec_rows += tables[0].num_rows
             loaded.mem_rows += tables[1].num_rows
@@ -273,6 +279,60 @@ def _pass_b(con, files, plan: PositionPlan, blocks: BlockTable, reg_names: list[
         if batch:
             flush()
     return loaded
+
+
+class _CallWalk:
+    """The calls table, walked while pass B hands over each chunk's executions (calls.py)."""
+
+    def __init__(self, con, arch: str, blocks: BlockTable, plan: PositionPlan, ev: np.ndarray, reg_names):
+        started = time.monotonic()
+        self.con = con
+        self.walker = calls.CallWalker(arch, calls.BlockCode.from_sections(blocks.rows))
+        numbers = list(calls.sigreturn_numbers(arch))
+        returns = ev[(ev["kind"] == F.EV_SYSCALL) & np.isin(ev["v"][:, 0], numbers)]
+        sigreturns: dict = {}
+        for e in returns:
+            thread = (int(e["pid"]), int(e["tid"]))
+            idx = syscall_position(plan, *thread, int(e["ordinal"]))
+            if idx is not None:
+                sigreturns.setdefault(thread, []).append(idx)
+        self.order = calls.InOrder(self.walker, sigreturns)
+        # the stack pointer's register number, where the trace has registers
+        self.sp_reg = next((n for n, name in enumerate(reg_names) if name in ("rsp", "sp")), None)
+        con.execute(schema.create_statements_for(schema.calls, name=_CALLS_UNSORTED))
+        self.seconds = time.monotonic() - started
+
+    def packet_feed(self, p: Packet, exec_table: pa.Table, reg_table: pa.Table):
+        """What the walker needs of one packet (built in pass B's worker threads)."""
+        sp_idx = sp_value = np.zeros(0, np.uint64)
+        if self.sp_reg is not None and reg_table.num_rows:
+            n = reg_table["n"].to_numpy()
+            sp_idx = reg_table["idx"].to_numpy()[n == self.sp_reg]
+            sp_value = reg_table["value"].to_numpy()[n == self.sp_reg]
+        return (p.thread, p.tid, p.exec_first, exec_table["idx"].to_numpy(), exec_table["block_id"].to_numpy(),
+                exec_table["icount"].to_numpy(), sp_idx, sp_value)
+
+    def feed(self, feeds) -> None:
+        started = time.monotonic()
+        for f in feeds:
+            self.order.add(*f)
+        self._store(self.walker.take())
+        self.seconds += time.monotonic() - started
+
+    def _store(self, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.con.execute(f"INSERT INTO {_CALLS_UNSORTED} SELECT * FROM rows")
+
+    def finish(self) -> float:
+        """The rest of the rows, then `calls` sorted for Trace.stack's lookups; returns the seconds spent."""
+        started = time.monotonic()
+        self._store(self.order.finish())
+        self.con.execute(f"INSERT INTO calls SELECT * FROM {_CALLS_UNSORTED} ORDER BY tid, call_idx, depth")
+        self.con.execute(f"DROP TABLE {_CALLS_UNSORTED}")
+        return round(self.seconds + time.monotonic() - started, 3)
+
+
+_CALLS_UNSORTED = "calls_unsorted"
 
 
 def _bounded_map(pool, func, items, window: int):

@@ -16,7 +16,7 @@ from duckdb_engine.datatypes import UBigInteger, UInteger, USmallInteger, UTinyI
 from sqlalchemy import BigInteger, Boolean, Column, Integer, LargeBinary, MetaData, String, Table
 from sqlalchemy.schema import CreateTable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -166,6 +166,24 @@ regs = Table(
     Column("value", UBigInteger, nullable=False, comment="new value (changed since the thread's previous block)"),
 )
 
+# One row per frame: a call (or a signal handler's entry) and how it left the stack, from the executed
+# blocks alone (calls.py, qemu_patches/call_stack.c).  Stored sorted by (tid, call_idx, depth), so the
+# per-row-group min/max of call_idx make the lookups of Trace.stack read a row group or two.
+calls = Table(
+    "calls", metadata,
+    _tid(),
+    Column("call_idx", UBigInteger, nullable=False, comment="position of the call instruction (signal: the last one before the handler)"),
+    Column("ret_idx", UBigInteger, comment="position of its own return (signal: the rt_sigreturn); NULL if it never returned"),
+    Column("end_idx", UBigInteger, nullable=False, comment="last position inside the frame: its return, where it was unwound, or the thread's last"),
+    Column("depth", UInteger, nullable=False, comment="frames below it on the thread's stack"),
+    Column("parent", UBigInteger, comment="call_idx of the frame below it (at depth - 1); NULL at depth 0"),
+    Column("kind", String, nullable=False, comment="call or signal"),
+    Column("caller_pc", UBigInteger, nullable=False, comment="the call instruction (signal: the last instruction before it)"),
+    Column("callee_pc", UBigInteger, comment="the first pc after the call: the function entered (signal: the handler)"),
+    Column("insns", UBigInteger, comment="instructions the thread ran inside the frame; NULL if it did not end"),
+    Column("sp", UBigInteger, comment="stack pointer at the callee's first block; NULL without registers"),
+)
+
 VIEWS = {
     # one row per executed instruction
     "insns": """
@@ -173,6 +191,12 @@ VIEWS = {
         FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
     """,
 }
+
+
+def create_statements_for(table: Table, name: str | None = None) -> str:
+    """The DDL of one table, optionally under another name (a staging copy)."""
+    ddl = str(CreateTable(table).compile(dialect=Dialect())).strip()
+    return ddl if name is None else ddl.replace(f"CREATE TABLE {table.name} ", f"CREATE TABLE {name} ", 1)
 
 
 def create_statements() -> list[str]:

@@ -1,8 +1,11 @@
-"""Addresses and names: `symbol+offset` for a pc, and an address for `symbol+offset`.
+"""Addresses and names: `symbol+offset` for a pc, and an address for `symbol+offset`;
+`file:line` for a pc where the module has DWARF line information.
 
 Both directions use the trace's `symbols` and `modules` tables (ELF symbols
 relocated to their load addresses at index time).  Lookups of many pcs are
-vectorised with numpy's searchsorted over the symbols sorted by address.
+vectorised with numpy's searchsorted over the symbols sorted by address.  Line
+tables are read from the module's file on the host (under the recording's
+sysroot first), once per module and only when a line is asked for.
 """
 
 from __future__ import annotations
@@ -11,7 +14,10 @@ import os
 import re
 
 import numpy as np
+from elftools.common.exceptions import DWARFError, ELFError
+from elftools.elf.elffile import ELFFile
 
+from .address_space import host_path
 from .errors import CannoliError
 
 _ADDRESS = re.compile(r"^(?:(?P<module>[^!\s]+)!)?(?P<name>[A-Za-z_.$@][\w.$@]*)\s*(?:(?P<sign>[+-])\s*(?P<offset>\w+))?$")
@@ -30,7 +36,9 @@ def parse_number(text: str) -> int | None:
 class Symbolizer:
     """Names for addresses, from one trace's symbols and modules."""
 
-    def __init__(self, con):
+    def __init__(self, con, sysroot: str | None = None):
+        self._sysroot = sysroot
+        self._lines: dict[str, tuple[np.ndarray, list]] = {}
         rows = con.execute("""
             SELECT addr, size, name, module FROM symbols
             QUALIFY row_number() OVER (PARTITION BY addr ORDER BY kind = 'FUNC' DESC, size > 0 DESC,
@@ -42,10 +50,12 @@ class Symbolizer:
         self._by_name: dict[str, list[tuple[int, str]]] = {}
         for addr, _, name, module in con.execute("SELECT DISTINCT addr, size, name, module FROM symbols").fetchall():
             self._by_name.setdefault(name, []).append((addr, module))
-        modules = con.execute("SELECT start, \"end\", path, kind FROM modules ORDER BY start").fetchall()
+        modules = con.execute("SELECT start, \"end\", path, kind, load_bias FROM modules ORDER BY start").fetchall()
         self._mod_start = np.array([m[0] for m in modules], np.uint64)
         self._mod_end = np.array([m[1] for m in modules], np.uint64)
         self._mod_name = [os.path.basename(m[2]) for m in modules]
+        self._mod_path = [m[2] for m in modules]
+        self._mod_bias = [m[4] for m in modules]
         self._executables = {m[2] for m in modules if m[3] == "executable"}
 
     def name(self, pc: int | None) -> str:
@@ -71,6 +81,18 @@ class Symbolizer:
             for k in np.flatnonzero(in_mod):
                 out[k] = f"{self._mod_name[j[k]]}+{int(pcs[k] - self._mod_start[j[k]]):#x}"
         return out
+
+    def line(self, pc: int) -> tuple[str, int] | None:
+        """(file, line) of the instruction at pc, from its module's DWARF line table; None if unknown."""
+        j = int(np.searchsorted(self._mod_start, np.uint64(pc), side="right")) - 1
+        if j < 0 or pc >= int(self._mod_end[j]):
+            return None
+        path = self._mod_path[j]
+        if path not in self._lines:
+            self._lines[path] = _line_table(host_path(self._sysroot, path))
+        addrs, rows = self._lines[path]
+        k = int(np.searchsorted(addrs, np.uint64(pc - self._mod_bias[j]), side="right")) - 1
+        return rows[k] if k >= 0 else None
 
     def address(self, text: str) -> int:
         """The address that `text` names: hex, decimal, or `[module!]symbol[+offset]`."""
@@ -105,3 +127,34 @@ class Symbolizer:
             raise CannoliError(f"symbol {name!r} is in several modules ({', '.join(where)}); "
                                f"name one, e.g. {where[0]}!{name}")
         return addrs.pop()
+
+
+def _line_table(path: str) -> tuple[np.ndarray, list]:
+    """Sorted addresses and their (file, line), None after the end of a sequence; empty without DWARF."""
+    empty = (np.zeros(0, np.uint64), [])
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            if not elf.has_dwarf_info() or elf.get_section_by_name(".debug_line") is None:
+                return empty
+            dwarf = elf.get_dwarf_info()
+            rows = []
+            for cu in dwarf.iter_CUs():
+                program = dwarf.line_program_for_CU(cu)
+                if program is None:
+                    continue
+                files = program["file_entry"]
+                first = 0 if program.header["version"] >= 5 else 1  # DWARF 5 numbers files from 0
+                for entry in program.get_entries():
+                    state = entry.state
+                    if state is None:
+                        continue
+                    if state.end_sequence:
+                        rows.append((state.address, None))
+                    elif 0 <= state.file - first < len(files):
+                        name = files[state.file - first].name.decode(errors="replace")
+                        rows.append((state.address, (name, state.line)))
+    except (OSError, ELFError, DWARFError, ValueError, KeyError, IndexError):
+        return empty  # a file that is gone, or whose debug information pyelftools cannot read: no lines
+    rows.sort(key=lambda r: r[0])
+    return np.array([r[0] for r in rows], np.uint64), [r[1] for r in rows]

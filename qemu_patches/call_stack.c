@@ -21,8 +21,8 @@
  *   a signal frame is pushed, and the thread's next rt_sigreturn pops it and
  *   everything above it.
  *
- * Each frame becomes one output row when it leaves the stack (or at the end of
- * its thread).  The walk is one pass with O(1) work per block execution (a
+ * Each frame becomes one output row when it leaves the stack, or at the end of
+ * its thread (then its end is the thread's last position).  The walk is one pass with O(1) work per block execution (a
  * hash lookup per call and per indirect jump), so it keeps up with the trace.
  */
 #include <stdint.h>
@@ -36,7 +36,7 @@ enum { K_NONE = 0, K_CALL = 1, K_RET = 2, K_JUMP = 3, K_INDIRECT = 4, K_UNKNOWN 
 /* frame kinds, as stored in calls.kind */
 enum { F_CALL = 0, F_SIGNAL = 1 };
 /* bits of cn_call_row.nulls */
-enum { N_RET = 1, N_END = 2, N_PARENT = 4, N_SP = 8, N_CALLEE = 16, N_INSNS = 32 };
+enum { N_RET = 1, N_PARENT = 4, N_SP = 8, N_CALLEE = 16, N_INSNS = 32 };
 
 #define NONE UINT64_MAX
 #define MAX_DEPTH (1u << 20)      /* frames per thread; deeper calls are counted, not kept */
@@ -152,7 +152,9 @@ static uint64_t insn_pc(const cn_calls *w, uint32_t b, uint32_t n)
     return at < w->n_insn_pc ? w->insn_pc[at] : NONE;
 }
 
-static void emit(cn_calls *w, cn_calls_thread *t, uint32_t depth, uint64_t end, int returned)
+/* A frame leaves the stack: its last position inside is `end`; `returned`: by its own return;
+ * `open`: it was still on the stack when the thread's recording ended. */
+static void emit(cn_calls *w, cn_calls_thread *t, uint32_t depth, uint64_t end, int returned, int open)
 {
     if (w->n_rows == w->cap_rows) {
         uint64_t cap = w->cap_rows ? 2 * w->cap_rows : 4096;
@@ -176,13 +178,10 @@ static void emit(cn_calls *w, cn_calls_thread *t, uint32_t depth, uint64_t end, 
     r->sp = f->sp;
     r->parent = depth ? t->stack[depth - 1].call_idx : 0;
     r->ret_idx = returned ? end : 0;
-    r->end_idx = end == NONE ? 0 : end;
+    r->end_idx = end;
     r->insns = 0;
     r->nulls = (returned ? 0 : N_RET) | (depth ? 0 : N_PARENT) | (f->sp_known ? 0 : N_SP) |
-               (f->callee_known ? 0 : N_CALLEE);
-    if (end == NONE) {
-        r->nulls |= N_END | N_INSNS;
-    }
+               (f->callee_known ? 0 : N_CALLEE) | (open ? N_INSNS : 0);
 }
 
 /* instructions the thread ran up to and including position `at`, inside its current block */
@@ -195,7 +194,7 @@ static void pop_to(cn_calls *w, cn_calls_thread *t, uint32_t d, uint64_t end, in
     while (t->depth > d) {
         uint32_t top = t->depth - 1;
         uint64_t first_row = w->n_rows;
-        emit(w, t, top, end, returned && top == d);
+        emit(w, t, top, end, returned && top == d, 0);
         if (w->n_rows > first_row) {
             w->rows[first_row].insns = ran - t->stack[top].ran_before;
         }
@@ -426,11 +425,13 @@ EXPORT int cn_calls_feed(cn_calls *w, cn_calls_thread *t, const uint64_t *idx, c
 /* The thread ended: its last block, then every frame still open becomes a row with no end. */
 EXPORT int cn_calls_thread_end(cn_calls *w, cn_calls_thread *t)
 {
+    uint64_t last = 0;
     if (t->have_prev) {
         step(w, t, 0, 0);
+        last = t->prev_idx + t->prev_icount - 1;
     }
     while (t->depth) {
-        emit(w, t, t->depth - 1, NONE, 0);
+        emit(w, t, t->depth - 1, last, 0, 1);
         t->depth--;
     }
     free(t->stack);
