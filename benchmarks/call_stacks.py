@@ -59,7 +59,7 @@ def measure(trace: Path, execs: int, samples: int) -> None:
             ms.append((time.perf_counter() - started) * 1000)
         ms.sort()
         print(f"trace: {end:,} instructions, {n_exec:,} block executions, {n_calls:,} calls "
-              f"(index: calls walked and sorted in {t.meta['index_calls_seconds']} s)")
+              f"(index: calls walked and loaded in {t.meta['index_calls_seconds']} s)")
         print(f"walk: {len(e['idx']):,} executions -> {rows.num_rows:,} frames in {walk_s:.2f} s = "
               f"{walk_s / max(len(e['idx']), 1) * 1e9:.1f} ns per block execution "
               f"(classifying {len(code.block_id):,} blocks: {classify_s:.2f} s; reading exec: {read_s:.1f} s)")

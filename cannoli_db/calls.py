@@ -42,11 +42,6 @@ _NO_TARGET = 0
 
 _ffi = cffi.FFI()
 _ffi.cdef("""
-typedef struct {
-    uint64_t call_idx, ret_idx, end_idx, caller_pc, callee_pc, parent, sp, insns;
-    uint32_t tid, depth;
-    uint8_t kind, nulls, pad[6];
-} cn_call_row;
 typedef struct cn_calls cn_calls;
 typedef struct cn_calls_thread cn_calls_thread;
 cn_calls *cn_calls_new(uint32_t n_blocks, const uint8_t *kind, const uint8_t *site_back, const uint16_t *n_insns,
@@ -59,18 +54,18 @@ int cn_calls_feed(cn_calls *w, cn_calls_thread *t, const uint64_t *idx, const ui
                   uint64_t n, const uint64_t *sp_idx, const uint64_t *sp_value, uint64_t n_sp);
 int cn_calls_thread_end(cn_calls *w, cn_calls_thread *t);
 uint64_t cn_calls_pending(const cn_calls *w);
-void cn_calls_take(cn_calls *w, cn_call_row *out);
+void cn_calls_take(cn_calls *w, uint64_t *const u64[8], uint32_t *tid, uint32_t *depth, uint8_t *kind,
+                   uint8_t *nulls);
 """)
 _lib = None
 
-_ROW = np.dtype([("call_idx", "<u8"), ("ret_idx", "<u8"), ("end_idx", "<u8"), ("caller_pc", "<u8"),
-                 ("callee_pc", "<u8"), ("parent", "<u8"), ("sp", "<u8"), ("insns", "<u8"), ("tid", "<u4"),
-                 ("depth", "<u4"), ("kind", "u1"), ("nulls", "u1"), ("pad", "u1", (6,))])
+_U64_COLUMNS = ("call_idx", "ret_idx", "end_idx", "caller_pc", "callee_pc", "parent", "sp", "insns")
 _NULL_BITS = {"ret_idx": 1, "parent": 4, "sp": 8, "callee_pc": 16, "insns": 32}
 
 SCHEMA = pa.schema([
     ("tid", pa.uint32()), ("call_idx", pa.uint64()), ("ret_idx", pa.uint64()), ("end_idx", pa.uint64()),
-    ("depth", pa.uint32()), ("parent", pa.uint64()), ("kind", pa.string()), ("caller_pc", pa.uint64()),
+    ("depth", pa.uint32()), ("parent", pa.uint64()), ("kind", pa.dictionary(pa.int8(), pa.string())),
+    ("caller_pc", pa.uint64()),
     ("callee_pc", pa.uint64()), ("insns", pa.uint64()), ("sp", pa.uint64()),
 ])
 
@@ -356,10 +351,16 @@ class CallWalker:
     def take(self) -> pa.Table:
         """The frames that left their stacks since the last take, as rows of `calls` (unsorted)."""
         lib = _library()
-        rows = np.zeros(lib.cn_calls_pending(self._w), _ROW)
-        if len(rows):
-            lib.cn_calls_take(self._w, _ffi.from_buffer("cn_call_row[]", rows))
-        return _arrow(rows)
+        n = lib.cn_calls_pending(self._w)
+        cols = {name: np.empty(n, np.uint64) for name in _U64_COLUMNS}
+        cols.update(tid=np.empty(n, np.uint32), depth=np.empty(n, np.uint32), kind=np.empty(n, np.int8),
+                    nulls=np.empty(n, np.uint8))
+        if n:
+            ptr = _ffi.from_buffer
+            u64 = _ffi.new("uint64_t *[8]", [_ffi.cast("uint64_t *", ptr(cols[name])) for name in _U64_COLUMNS])
+            lib.cn_calls_take(self._w, u64, ptr("uint32_t[]", cols["tid"]), ptr("uint32_t[]", cols["depth"]),
+                              _ffi.cast("uint8_t *", ptr(cols["kind"])), ptr("uint8_t[]", cols["nulls"]))
+        return _arrow(cols)
 
     def finish(self) -> pa.Table:
         for key in list(self._threads):
@@ -378,18 +379,15 @@ class CallWalker:
             raise MemoryError("the call walker ran out of memory for its rows")
 
 
-def _arrow(rows: np.ndarray) -> pa.Table:
+def _arrow(cols: dict) -> pa.Table:
+    """Arrow columns over the numpy arrays (no copies but the null masks); kind stays dictionary-coded."""
     def column(name):
-        values = pa.array(rows[name])
         bit = _NULL_BITS.get(name)
-        if bit is None:
-            return values
-        return pa.array(rows[name], mask=(rows["nulls"] & bit) != 0)
+        return pa.array(cols[name], mask=None if bit is None else (cols["nulls"] & bit) != 0)
 
-    kinds = pa.DictionaryArray.from_arrays(pa.array(rows["kind"].astype(np.int32)), pa.array(FRAME_KINDS))
-    columns = {name: column(name) for name in SCHEMA.names if name != "kind"}
-    columns["kind"] = kinds.cast(pa.string())
-    return pa.table([columns[name] for name in SCHEMA.names], schema=SCHEMA)
+    arrays = {name: column(name) for name in SCHEMA.names if name != "kind"}
+    arrays["kind"] = pa.DictionaryArray.from_arrays(pa.array(cols["kind"]), pa.array(FRAME_KINDS))
+    return pa.table([arrays[name] for name in SCHEMA.names], schema=SCHEMA)
 
 
 @dataclass
@@ -407,7 +405,7 @@ class ThreadExecs:
 
 
 def calls_table(arch: str, code: BlockCode, threads: Iterable[ThreadExecs]) -> pa.Table:
-    """The `calls` rows of every thread, sorted by (tid, call_idx, depth)."""
+    """The `calls` rows of every thread, thread by thread, in the order frames left their stacks."""
     walker = CallWalker(arch, code)
     parts = []
     for t in threads:
@@ -417,12 +415,7 @@ def calls_table(arch: str, code: BlockCode, threads: Iterable[ThreadExecs]) -> p
         walker.end(key)
         parts.append(walker.take())
     parts.append(walker.finish())
-    return sort_rows(pa.concat_tables(parts))
-
-
-def sort_rows(table: pa.Table) -> pa.Table:
-    """calls rows in their stored order: (tid, call_idx, depth)."""
-    return table.sort_by([("tid", "ascending"), ("call_idx", "ascending"), ("depth", "ascending")])
+    return pa.concat_tables(parts)
 
 
 

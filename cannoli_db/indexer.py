@@ -299,7 +299,6 @@ class _CallWalk:
         self.order = calls.InOrder(self.walker, sigreturns)
         # the stack pointer's register number, where the trace has registers
         self.sp_reg = next((n for n, name in enumerate(reg_names) if name in ("rsp", "sp")), None)
-        con.execute(schema.create_statements_for(schema.calls, name=_CALLS_UNSORTED))
         self.seconds = time.monotonic() - started
 
     def packet_feed(self, p: Packet, exec_table: pa.Table, reg_table: pa.Table):
@@ -320,19 +319,16 @@ class _CallWalk:
         self.seconds += time.monotonic() - started
 
     def _store(self, rows: pa.Table) -> None:
+        # rows come in the order frames leave their stacks: end_idx rises, which is what keeps
+        # Trace.stack's row-group pruning tight (docs/schema.md, calls); no sort needed
         if rows.num_rows:
-            self.con.execute(f"INSERT INTO {_CALLS_UNSORTED} SELECT * FROM rows")
+            self.con.execute("INSERT INTO calls SELECT * FROM rows")
 
     def finish(self) -> float:
-        """The rest of the rows, then `calls` sorted for Trace.stack's lookups; returns the seconds spent."""
+        """The rest of the rows; returns the seconds the walk took in all."""
         started = time.monotonic()
         self._store(self.order.finish())
-        self.con.execute(f"INSERT INTO calls SELECT * FROM {_CALLS_UNSORTED} ORDER BY tid, call_idx, depth")
-        self.con.execute(f"DROP TABLE {_CALLS_UNSORTED}")
         return round(self.seconds + time.monotonic() - started, 3)
-
-
-_CALLS_UNSORTED = "calls_unsorted"
 
 
 def _bounded_map(pool, func, items, window: int):

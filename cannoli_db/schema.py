@@ -167,8 +167,9 @@ regs = Table(
 )
 
 # One row per frame: a call (or a signal handler's entry) and how it left the stack, from the executed
-# blocks alone (calls.py, qemu_patches/call_stack.c).  Stored sorted by (tid, call_idx, depth), so the
-# per-row-group min/max of call_idx make the lookups of Trace.stack read a row group or two.
+# blocks alone (calls.py, qemu_patches/call_stack.c).  Stored in the order frames left their stacks, so
+# end_idx rises and the per-row-group min/max of call_idx and end_idx let Trace.stack skip every row
+# group without a frame open at its position.
 calls = Table(
     "calls", metadata,
     _tid(),
@@ -191,12 +192,6 @@ VIEWS = {
         FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
     """,
 }
-
-
-def create_statements_for(table: Table, name: str | None = None) -> str:
-    """The DDL of one table, optionally under another name (a staging copy)."""
-    ddl = str(CreateTable(table).compile(dialect=Dialect())).strip()
-    return ddl if name is None else ddl.replace(f"CREATE TABLE {table.name} ", f"CREATE TABLE {name} ", 1)
 
 
 def create_statements() -> list[str]:

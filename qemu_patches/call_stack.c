@@ -443,9 +443,24 @@ EXPORT int cn_calls_thread_end(cn_calls *w, cn_calls_thread *t)
 
 EXPORT uint64_t cn_calls_pending(const cn_calls *w) { return w->n_rows; }
 
-/* Copy the finished rows out (n = cn_calls_pending) and forget them. */
-EXPORT void cn_calls_take(cn_calls *w, cn_call_row *out)
+/* Copy the finished rows out, column by column (each n = cn_calls_pending long), and forget them. */
+EXPORT void cn_calls_take(cn_calls *w, uint64_t *const u64[8], uint32_t *tid, uint32_t *depth, uint8_t *kind,
+                          uint8_t *nulls)
 {
-    memcpy(out, w->rows, w->n_rows * sizeof *out);
+    for (uint64_t i = 0; i < w->n_rows; i++) {
+        const cn_call_row *r = &w->rows[i];
+        u64[0][i] = r->call_idx;
+        u64[1][i] = r->ret_idx;
+        u64[2][i] = r->end_idx;
+        u64[3][i] = r->caller_pc;
+        u64[4][i] = r->callee_pc;
+        u64[5][i] = r->parent;
+        u64[6][i] = r->sp;
+        u64[7][i] = r->insns;
+        tid[i] = r->tid;
+        depth[i] = r->depth;
+        kind[i] = r->kind;
+        nulls[i] = r->nulls;
+    }
     w->n_rows = 0;
 }
