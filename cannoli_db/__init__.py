@@ -8,6 +8,6 @@ __version__ = "0.1.0"
 
 from .analyze import Analysis, Chunk  # noqa: E402
 from .errors import CannoliError  # noqa: E402
-from .query import Memory, Rows, Trace, Write  # noqa: E402
+from .query import Frame, Memory, Rows, Trace, Write  # noqa: E402
 
-__all__ = ["Analysis", "CannoliError", "Chunk", "Memory", "Rows", "Trace", "Write", "__version__"]
+__all__ = ["Analysis", "CannoliError", "Chunk", "Frame", "Memory", "Rows", "Trace", "Write", "__version__"]

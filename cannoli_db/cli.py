@@ -249,8 +249,10 @@ def _param_usage(p) -> str:
 @click.argument("address")
 @click.option("--size", type=click.IntRange(1), default=1, show_default=True, help="Bytes from ADDRESS to explain.")
 @click.option("--before", type=click.IntRange(0), metavar="IDX", help="Only writes before this position (default: end).")
+@click.option("--stack", "with_stack", is_flag=True,
+              help="Add each writer's callers: its caller, that one's caller, ... (see `cannoli stack`).")
 @output_options
-def who_wrote(trace, address, size, before, fmt):
+def who_wrote(trace, address, size, before, with_stack, fmt):
     """The last write to each byte at ADDRESS (hex or symbol+offset) before a position.
 
     One row per write that is still visible, with the bytes it covers: a 1-byte
@@ -258,16 +260,41 @@ def who_wrote(trace, address, size, before, fmt):
     (source file:line) come from the module and its separate debug file, as
     gdb finds them (e.g. /usr/lib/debug/.build-id/, from libc6-dbg).
 
-    Example: cannoli who-wrote app.cannoli counter+4 --size 4 --before 120000
+    Example: cannoli who-wrote app.cannoli counter+4 --size 4 --before 120000 --stack
     """
     with _open(trace) as t:
         writes = t.who_wrote(address, size=size, before=before)
+        stacks = [" < ".join(f.symbol for f in t.stack(w.idx, w.tid)[1:]) for w in writes] if with_stack else None
     columns = ["idx", "tid", "pc", "symbol", "addr", "size", "value", "first_byte", "last_byte", "bytes", "line"]
-    write_rows(columns, [tuple(getattr(w, c) for c in columns) for w in writes], fmt)
+    rows = [tuple(getattr(w, c) for c in columns) for w in writes]
+    if stacks is not None:
+        columns, rows = columns + ["stack"], [row + (chain,) for row, chain in zip(rows, stacks)]
+    write_rows(columns, rows, fmt)
     covered = sum(w.bytes for w in writes)
     if covered < size:
         click.echo(f"cannoli: {size - covered} of {size} bytes have no recorded write before "
                    f"{'the end of the trace' if before is None else f'position {before}'}", err=True)
+
+
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--at", "at", type=click.IntRange(0), required=True, metavar="IDX", help="The position.")
+@click.option("--tid", type=int, help="This thread's stack at its latest instruction up to IDX (default: "
+                                      "the thread that ran IDX).")
+@output_options
+def stack(trace, at, tid, fmt):
+    """The call stack at a position, innermost frame first, from the recorded calls and returns.
+
+    Each frame: where it is (the instruction at IDX, then each caller's call
+    site), the source line where the module has debug information, and the call
+    that entered it (kind signal: a handler entered by a signal).
+
+    Example: cannoli stack app.cannoli --at 120000
+    """
+    with _open(trace) as t:
+        frames = t.stack(at, tid)
+    columns = ["level", "pc", "symbol", "source", "kind", "call_idx", "caller_pc", "entry"]
+    write_rows(columns, [tuple(getattr(f, c) for c in columns) for f in frames], fmt)
 
 
 @cli.command()

@@ -5,14 +5,20 @@ never from the file on disk, so self-modifying and JIT code show what really
 ran.  A block is disassembled once and cached by block id.
 
 32-bit ARM code may be ARM or Thumb, and the plugin API does not say which.
-The recorded instruction sizes do: a 2-byte instruction only exists in Thumb,
-and a block of 4-byte instructions is ARM if capstone reads every one of them
-as ARM with that size, Thumb otherwise (Debian's armhf code is Thumb-2).
+The recorded instruction sizes do: a 2-byte instruction only exists in Thumb.
+A block of 4-byte instructions is Thumb if capstone cannot read it as ARM,
+ARM if the instructions lack the halfword prefix of 32-bit Thumb-2 instructions
+(top five bits 11101, 11110 or 11111) or do not read as Thumb, and ambiguous
+otherwise: a lone Thumb `bl` is also a valid ARM word, and an ARM `bx lr` has
+the Thumb-2 prefix.  Given all blocks (`arm_modes`), an ambiguous block takes
+the mode of the nearest decided block below it in memory (one function is in
+one mode); alone, it is taken as Thumb (Debian's armhf code is Thumb-2).
 """
 
 from __future__ import annotations
 
 import capstone
+import numpy as np
 
 from .errors import CannoliError
 
@@ -36,22 +42,59 @@ BLOCK_CODE_SQL = """
     GROUP BY b.block_id, b.pc, b.bytes"""
 
 
+def _thumb2_shaped(code: bytes, sizes: list[int]) -> bool:
+    """Every instruction is 4 bytes with a first halfword (little-endian) of a 32-bit Thumb-2 instruction."""
+    offset = 0
+    for size in sizes:
+        if size != 4 or code[offset + 1] >> 3 < 0b11101:
+            return False
+        offset += size
+    return True
+
+
 class Disassembler:
-    def __init__(self, arch: str):
+    def __init__(self, arch: str, detail: bool = False):
         cs_arch, mode = _MODES.get(arch, (None, 0))
         if cs_arch is None:
             raise CannoliError(f"no disassembler for {arch!r} guests in this capstone")
         self._cs = capstone.Cs(cs_arch, mode)
         self._thumb = capstone.Cs(cs_arch, capstone.CS_MODE_THUMB) if arch == "arm" else None
+        for cs in (self._cs, self._thumb):
+            if cs is not None:
+                cs.detail = detail
         self._blocks: dict[int, list[str]] = {}
+
+    def capstone_for(self, pc: int, code: bytes, sizes: list[int], thumb: bool | None = None) -> capstone.Cs:
+        """The decoder of a block: for 32-bit ARM, Thumb or ARM as `thumb` (from arm_modes) or the block says."""
+        if self._thumb is None:
+            return self._cs
+        if thumb is None:
+            thumb = self.thumb_of(pc, code, sizes) is not False
+        return self._thumb if thumb else self._cs
+
+    def thumb_of(self, pc: int, code: bytes, sizes: list[int]) -> bool | None:
+        """32-bit ARM: is the block Thumb?  None when both readings fit (see the module docstring)."""
+        if 2 in sizes or not self._reads_all(self._cs, pc, code, sizes):
+            return True
+        if not _thumb2_shaped(code, sizes) or not self._reads_all(self._thumb, pc, code, sizes):
+            return False
+        return None
+
+    def arm_modes(self, pcs: np.ndarray, decided: list[bool | None]) -> list[bool]:
+        """Thumb or not for every block: an undecided one takes the mode of the nearest decided block at
+        or below its pc (the first decided block above it if none is below; Thumb if none is decided)."""
+        known = np.flatnonzero(np.array([d is not None for d in decided], bool))
+        if not len(known):
+            return [True] * len(decided)
+        order = known[np.argsort(pcs[known], kind="stable")]
+        at = np.searchsorted(pcs[order], pcs, side="right") - 1
+        return [d if d is not None else decided[order[max(int(k), 0)]] for d, k in zip(decided, at)]
 
     def block(self, block_id: int, pc: int, code: bytes, sizes: list[int]) -> list[str]:
         """Text of each instruction of a block, split by the recorded instruction sizes."""
         cached = self._blocks.get(block_id)
         if cached is None:
-            cs = self._cs
-            if self._thumb is not None and not self._reads_all(self._cs, pc, code, sizes):
-                cs = self._thumb
+            cs = self.capstone_for(pc, code, sizes)
             cached = []
             offset = 0
             for size in sizes:

@@ -168,3 +168,11 @@ def consumer_path() -> Path:
     cmd = [_compiler(), "-O2", "-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden", str(src),
            str(src.parent / "fault_point.c"), "-lcapstone"]
     return _build(cache_dir() / f"libcannoli-ring-{key}.so", cmd)
+
+
+def call_stack_path() -> Path:
+    """Build (once) and return the call/return walker (qemu_patches/call_stack.c) that calls.py loads with cffi."""
+    key = _source_hash("call_stack")
+    src = Path(str(resources.files("cannoli_db.qemu_patches").joinpath("call_stack.c")))
+    cmd = [_compiler(), "-O2", "-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", str(src)]
+    return _build(cache_dir() / f"libcannoli-calls-{key}.so", cmd)

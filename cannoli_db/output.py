@@ -14,7 +14,7 @@ import click
 FORMATS = ("table", "csv", "json", "jsonl")
 
 # columns whose numbers are addresses or raw values: hex in the table view
-HEX_COLUMNS = {"pc", "addr", "start", "end", "value", "load_bias", "guest_base", "first_byte", "last_byte", "byte_addr", "arg0", "arg1", "arg2", "arg3",
+HEX_COLUMNS = {"pc", "caller_pc", "callee_pc", "entry", "sp", "addr", "start", "end", "value", "load_bias", "guest_base", "first_byte", "last_byte", "byte_addr", "arg0", "arg1", "arg2", "arg3",
                "arg4", "arg5"}
 
 

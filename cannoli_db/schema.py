@@ -184,6 +184,25 @@ parts = Table(
     Column("idx_max", UBigInteger, comment="largest position"),
 )
 
+# One row per frame: a call (or a signal handler's entry) and how it left the stack, from the executed
+# blocks alone (calls.py, qemu_patches/call_stack.c).  Stored in the order frames left their stacks, so
+# end_idx rises and the per-row-group min/max of call_idx and end_idx let Trace.stack skip every row
+# group without a frame open at its position.
+calls = Table(
+    "calls", metadata,
+    _tid(),
+    Column("call_idx", UBigInteger, nullable=False, comment="position of the call instruction (signal: the last one before the handler)"),
+    Column("ret_idx", UBigInteger, comment="position of its own return (signal: the rt_sigreturn); NULL if it never returned"),
+    Column("end_idx", UBigInteger, nullable=False, comment="last position inside the frame: its return, where it was unwound, or the thread's last"),
+    Column("depth", UInteger, nullable=False, comment="frames below it on the thread's stack"),
+    Column("parent", UBigInteger, comment="call_idx of the frame below it (at depth - 1); NULL at depth 0"),
+    Column("kind", String, nullable=False, comment="call or signal"),
+    Column("caller_pc", UBigInteger, nullable=False, comment="the call instruction (signal: the last instruction before it)"),
+    Column("callee_pc", UBigInteger, comment="the first pc after the call: the function entered (signal: the handler)"),
+    Column("insns", UBigInteger, comment="instructions the thread ran inside the frame; NULL if it did not end"),
+    Column("sp", UBigInteger, comment="stack pointer at the callee's first block; NULL without registers"),
+)
+
 VIEWS = {
     # one row per executed instruction
     "insns": """

@@ -25,6 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 (pa.compute)
+import pyarrow.parquet as pq
 
 from .. import format as F
 from .. import guest_binary, schema, store, tracedir
@@ -34,7 +38,7 @@ from ..errors import CannoliError
 from ..positions import BlockTable, PositionPlan
 from ..progress import Progress
 from ..store.convert import Context, convert_chunk, part_stamp, read_stamp, write_parts
-from . import address_space, legacy
+from . import address_space, calls, legacy
 from .events import EventLog
 from .tables import load_blocks, load_meta, load_reg_names, load_store_index, load_syscalls, load_threads
 
@@ -98,17 +102,20 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False, _limit: 
         total = plan.finish()
         _check_free_space(trace_dir, files)
         ctx = Context.of(plan, events.register_names())
-        try:
-            converted = _pass_b(trace_dir, files, ctx, workers, progress, keep_heavy)
-        except _Damaged as damage:
-            return index_trace(trace_dir, workers, quiet, (damage.seq, _damaged(files[damage.seq], damage.seq,
-                                                                                damage.error)))
-        _remove_parts_beyond(trace_dir, len(files))
         con = duckdb.connect(str(tmp), config={"memory_limit": DUCKDB_MEMORY_LIMIT})
         con.execute("SET enable_progress_bar = false")  # it would print on the guest's stdout
         try:
             for ddl in schema.create_statements():
                 con.execute(ddl)
+            walk = _CallWalk(con, arch, plan, events)
+            try:
+                converted = _pass_b(trace_dir, files, ctx, workers, progress, keep_heavy, walk)
+            except _Damaged as damage:
+                con.close()
+                return index_trace(trace_dir, workers, quiet, (damage.seq, _damaged(files[damage.seq], damage.seq,
+                                                                                    damage.error)))
+            calls_seconds = walk.finish()
+            _remove_parts_beyond(trace_dir, len(files))
             load_blocks(con, blocks)
             load_reg_names(con, events.register_names(), int(meta.get("regs_recorded") or 0))
             load_threads(con, plan)
@@ -123,6 +130,7 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False, _limit: 
             complete = bool(meta.get("complete")) and problem is None
             load_meta(con, meta, index_complete=complete, index_problem=problem, index_instructions=total,
                       index_chunks=len(files), index_converted_chunks=converted,
+                      index_calls_seconds=calls_seconds, index_calls_dropped=walk.walker.dropped,
                       index_seconds=round(time.monotonic() - started, 3))
             con.execute("CHECKPOINT")
         finally:
@@ -270,44 +278,111 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def _pass_b(trace_dir: Path, files, ctx: Context, workers: int, progress, keep_heavy: set[int]) -> int:
+def _pass_b(trace_dir: Path, files, ctx: Context, workers: int, progress, keep_heavy: set[int],
+            walk: _CallWalk) -> int:
     """Every chunk's store parts; returns how many chunks were converted now.
     A version-3 chunk's heavy frame is dropped once its parts are durable: the
-    store is then the one copy of its rows (but chunks in keep_heavy)."""
+    store is then the one copy of its rows (but chunks in keep_heavy).  Each
+    chunk's executions go on to the call walk, in chunk order."""
 
-    def convert(path: Path) -> int:
+    def convert(path: Path):
         seq = int(path.stem)
         try:
             return convert_one(path, seq)
         except ChunkError as exc:
             raise _Damaged(seq, exc) from None
 
-    def convert_one(path: Path, seq: int) -> int:
+    def convert_one(path: Path, seq: int):
         chunk = read_chunk_file(path, heavy=False)
         stamp = part_stamp(chunk)
         done = all(read_stamp(store.part_path(trace_dir, t, seq)) == stamp for t in (*store.BULK, *store.INDEXES))
         if not done and chunk.heavy_in_store:
             raise CannoliError(f"chunk {path.stem}: its rows are in the store, but its parts are missing or "
                                f"damaged; the trace cannot be indexed again")
-        if not done:
+        if done:
+            tables = {t: pq.read_table(store.part_path(trace_dir, t, seq), columns=cols)
+                      for t, cols in _CallWalk.COLUMNS.items()}
+        else:
             chunk = read_chunk_file(path)
-            write_parts(trace_dir, seq, convert_chunk(chunk, ctx), stamp)
+            tables = convert_chunk(chunk, ctx)
+            write_parts(trace_dir, seq, tables, stamp)
             for table in (*store.BULK, *store.INDEXES):
                 tracedir.fsync_dir(store.store_dir(trace_dir, table))
         if chunk.version >= 3 and not chunk.heavy_in_store and seq not in keep_heavy:
             drop_heavy(path, chunk)
-        return int(not done)
+        return int(not done), walk.feeds(chunk.views(), tables["exec"], tables["regs"])
 
     converted = 0
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for done in _bounded_map(pool, convert, files, window=workers + 1):
+            for done, feeds in _bounded_map(pool, convert, files, window=workers + 1):
                 converted += done
+                walk.feed(feeds)
                 progress.advance()
     except OSError as exc:
         raise CannoliError(f"writing the store failed ({exc.strerror or exc}); the parts written so far are valid "
                            f"and the previous index is intact: free some space and run cannoli index again") from None
     return converted
+
+
+class _CallWalk:
+    """The calls table (calls.py), walked as pass B hands over each chunk's
+    executions, packet by packet, in each thread's order."""
+
+    COLUMNS = {"exec": ["idx", "block_id", "icount"], "regs": ["idx", "tid", "n", "value"]}
+
+    def __init__(self, con, arch: str, plan: PositionPlan, events: EventLog):
+        started = time.monotonic()
+        self.con = con
+        self.walker = calls.CallWalker(arch, calls.BlockCode.from_sections(plan.blocks.rows))
+        ev = events.table()
+        sigreturns: dict = {}
+        for e in ev[(ev["kind"] == F.EV_SYSCALL) & np.isin(ev["v"][:, 0], list(calls.sigreturn_numbers(arch)))]:
+            if int(e["seq"]):
+                sigreturns.setdefault(int(e["stream"]), []).append(plan.syscall_position(int(e["seq"])))
+        self.order = calls.InOrder(self.walker, sigreturns)
+        # the stack pointer's register number, where the trace has registers
+        self.sp_reg = next((n for n, name in enumerate(events.register_names()) if name in ("rsp", "sp")), None)
+        self.seconds = time.monotonic() - started
+
+    def feeds(self, views, exec_table, regs_table) -> list:
+        """What the walker needs of a chunk's packets (in pass B's worker threads): each
+        packet's own execs are the next rows of the exec part."""
+        idx, block, icount = (exec_table[c].to_numpy() for c in ("idx", "block_id", "icount"))
+        sp = np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+        if self.sp_reg is not None and regs_table.num_rows:
+            rows = regs_table.filter(pa.compute.equal(regs_table["n"], self.sp_reg))
+            sp_tid, sp_idx, sp_value = (rows[c].to_numpy() for c in ("tid", "idx", "value"))
+        out, row = [], 0
+        for v in views:
+            n = v.counts[F.SEC_EXEC]
+            own = n - int(bool(int(v.header["flags"]) & F.PACKET_CONTINUES) and n > 0)
+            tid, first = int(v.header["tid"]), int(v.header["exec_first"]) + n - own
+            if self.sp_reg is not None and regs_table.num_rows:
+                sp = sp_idx[sp_tid == tid], sp_value[sp_tid == tid]
+            out.append((v.stream, tid, first, idx[row: row + own], block[row: row + own], icount[row: row + own],
+                        *sp))
+            row += own
+        return out
+
+    def feed(self, feeds) -> None:
+        started = time.monotonic()
+        for f in feeds:
+            self.order.add(*f)
+        self._store(self.walker.take())
+        self.seconds += time.monotonic() - started
+
+    def _store(self, rows) -> None:
+        # rows come in the order frames leave their stacks: end_idx rises, which keeps
+        # Trace.stack's row-group pruning tight (docs/schema.md, calls)
+        if rows.num_rows:
+            self.con.execute("INSERT INTO calls SELECT * FROM rows")
+
+    def finish(self) -> float:
+        """The rest of the rows; returns the seconds the walk took in all."""
+        started = time.monotonic()
+        self._store(self.order.finish())
+        return round(self.seconds + time.monotonic() - started, 3)
 
 
 class _Damaged(Exception):

@@ -5,6 +5,7 @@
         t.who_wrote("counter", size=8)            # or an int address
         t.memory_at(120_000, 0x4c6f00, 16)        # bytes as known at a position
         t.registers_at(120_000)                   # {"rax": ..., ..., "pc": ...} (QEMU >= 9)
+        t.stack(120_000)                          # the call stack there, innermost frame first
 
 The database is opened read-only, the bulk tables are views over the Parquet
 store, and DuckDB may read nothing but the store's files (query/database.py),
@@ -66,6 +67,25 @@ class Write:
     last_byte: int
     bytes: int        # how many bytes of the asked range it is the last write for
     line: str | None = None  # pc as source file:line, where the module's DWARF says
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a call stack at a position (Trace.stack), innermost first."""
+
+    level: int              # 0: the innermost frame, the one running the position
+    pc: int                 # where the frame is: the instruction at the position (level 0), else its call site
+    symbol: str             # pc as symbol+offset
+    file: str | None        # pc's source file and line, where the module has DWARF line information
+    line: int | None
+    kind: str               # "call"; "signal": a handler the signal entered; "start": the thread's first frame
+    call_idx: int | None    # the call that entered the frame (signal: the last position before the handler)
+    caller_pc: int | None   # that call instruction (signal: the interrupted instruction)
+    entry: int | None       # where that call went: the function (or handler) entered
+
+    @property
+    def source(self) -> str:
+        return f"{self.file}:{self.line}" if self.file else ""
 
 
 @dataclass(frozen=True)
@@ -257,6 +277,52 @@ class Trace:
         if not rows:
             raise CannoliError(f"no instruction ran at position {idx}")
         return {r["reg"]: r["value"] for r in rows}
+
+    # -- calls ---------------------------------------------------------------
+
+    def stack(self, idx: int, tid: int | None = None) -> list[Frame]:
+        """The call stack at position idx, innermost frame first, from the `calls` table: of the thread
+        that ran idx, or of thread `tid` as it was at its latest instruction at or before idx."""
+        self._check_position(idx, "position")
+        at, tid, pc = self._last_instruction(idx, tid)
+        open_frames = self.sql("""SELECT call_idx, kind, caller_pc, callee_pc FROM calls
+                                  WHERE tid = $tid AND call_idx < $at AND end_idx >= $at
+                                  ORDER BY depth DESC""", {"tid": tid, "at": at}).rows
+        pcs = [pc] + [caller for _, _, caller, _ in open_frames]
+        names = self.symbolizer.names(pcs)
+        calls = open_frames + [(None, "start", None, None)]
+        frames = []
+        for level, (pc, name, (call_idx, kind, caller, entry)) in enumerate(zip(pcs, names, calls)):
+            source = self.symbolizer.line(pc)
+            frames.append(Frame(level, pc, name, source[0] if source else None, source[1] if source else None,
+                                kind, call_idx, caller, entry))
+        return frames
+
+    def _last_instruction(self, idx: int, tid: int | None) -> tuple[int, int, int]:
+        """(position, thread, pc) of the instruction at idx, or of thread tid's latest one at or before idx."""
+        if tid is None:
+            rows = self.sql("""SELECT $at::UBIGINT, e.tid, bi.pc FROM exec e
+                               JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n = $at::UBIGINT - e.idx
+                               WHERE e.idx <= $at::UBIGINT AND e.idx >= greatest($at::UBIGINT, 511) - 511
+                                 AND $at::UBIGINT < e.idx + e.icount""", {"at": idx}).rows
+            if not rows:
+                raise CannoliError(f"no instruction ran at position {idx}")
+            return rows[0]
+        window = 1 << 16
+        while True:
+            # exec is stored about in position order: a window of positions reads few row groups
+            low = max(idx - window, 0)
+            rows = self.sql("""SELECT least($at::UBIGINT, e.idx + e.icount - 1) AS at, e.tid, bi.pc FROM exec e
+                               JOIN block_insns bi ON bi.block_id = e.block_id
+                                AND bi.n = least($at::UBIGINT, e.idx + e.icount - 1) - e.idx
+                               WHERE e.tid = $tid AND e.idx <= $at::UBIGINT AND e.idx >= $low::UBIGINT
+                               ORDER BY e.idx DESC LIMIT 1""", {"at": idx, "tid": tid, "low": low}).rows
+            if rows:
+                return rows[0]
+            if low == 0:
+                raise CannoliError(f"thread {tid} ran no instruction at or before position {idx}; "
+                                   f"see the threads with: cannoli query {self.path} thread_summary")
+            window *= 8
 
     def _checked_range(self, addr: int | str, size: int) -> int:
         start = self.address(addr)
