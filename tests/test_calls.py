@@ -7,6 +7,7 @@ call instruction pushed (recorded memory)."""
 
 from __future__ import annotations
 
+import os
 import json
 import shutil
 import subprocess
@@ -164,7 +165,7 @@ def test_cli_stack_and_who_wrote_stack(recorded_chain):
     assert proc.returncode == 0, proc.stderr
     frames = json.loads(proc.stdout)
     assert [f["symbol"].split("+")[0] for f in frames[1:]] == callers
-    assert frames[1]["source"].startswith("call_chain.c:")
+    assert os.path.basename(frames[1]["source"]).startswith("call_chain.c:")
     bad = run_cannoli("stack", trace, "--at", 10**12)
     assert bad.returncode != 0 and "outside the trace" in bad.stderr and "Traceback" not in bad.stderr
 
