@@ -59,16 +59,18 @@ def existing(path, label: str, hint: str = "") -> Path:
 
 
 def output(path, label: str, is_dir: bool) -> Path:
-    """Where a command will write a directory (`is_dir`) or a file: its parent
-    must be an existing directory this process can write in; if the path
-    exists it must be of the right kind.  Whether an existing one may be
-    replaced is the command's rule."""
+    """Where a command will write a directory (`is_dir`) or a file.  Missing
+    parent directories are made (as mkdir -p would), so the nearest existing
+    one must be a directory this process can write in; if the path exists it
+    must be of the right kind.  Whether an existing one may be replaced is the
+    command's rule."""
     path = Path(path)
     parent = path.parent
     st = _stat(parent, label)
-    if st is None:
-        raise CannoliError(f"{label}: no such directory {parent}; create it first")
-    if not stat.S_ISDIR(st.st_mode):
+    while st is None and parent != parent.parent:
+        parent = parent.parent
+        st = _stat(parent, label)
+    if st is None or not stat.S_ISDIR(st.st_mode):
         raise CannoliError(f"{label}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CannoliError(f"{label}: cannot write in {parent} ({_why_not_writable(parent)})")

@@ -65,6 +65,12 @@ def recording_problem(meta: dict) -> str | None:
     return meta.get("incomplete_reason") or meta.get("error") or "the recording did not finish"
 
 
+def older_format(trace: Path, version: int) -> str:
+    """Why a trace recorded in an older record format cannot be indexed."""
+    return (f"{trace} was recorded by an older Cannoli DB (record format {version}); this one indexes format "
+            f"{F.FORMAT_VERSION} only (positions are drawn while recording): record the program again")
+
+
 def rebuild_hint(trace: Path) -> str:
     """The advice every 'the index is damaged or old' message ends with."""
     return f"rebuild it with: cannoli index {trace}"

@@ -102,7 +102,7 @@ OUTPUTS = {
 
 
 @pytest.mark.parametrize("option", sorted(OUTPUTS))
-@pytest.mark.parametrize("output, says", [("no-such-dir/out", "no such directory"),
+@pytest.mark.parametrize("output, says", [("afile/sub/out", "is a file, not a directory"),
                                           ("afile/out", "is a file, not a directory"),
                                           ("ro/out", "read-only file system"),
                                           ("KIND", "where a")])
@@ -114,7 +114,6 @@ def test_output_option(place, guest, option, output, says):
             else str(place / "t.cannoli") if a == "TRACE" else a for a in argv]
     proc = run_cannoli(*argv, cwd=place)
     assert_one_line(proc, f"-o {place / output}", says)
-    assert not (place / "no-such-dir").exists()
 
 
 @pytest.mark.parametrize("folder, says", [("missing", "no such Parquet export directory"),

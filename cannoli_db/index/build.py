@@ -38,7 +38,7 @@ from ..errors import CannoliError
 from ..positions import BlockTable, PositionPlan
 from ..progress import Progress
 from ..store.convert import Context, convert_chunk, part_stamp, read_stamp, write_parts
-from . import address_space, calls, legacy
+from . import address_space, calls
 from .events import EventLog
 from .tables import load_blocks, load_meta, load_reg_names, load_store_index, load_syscalls, load_threads
 
@@ -97,7 +97,7 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False, _limit: 
         if arch is None:
             meta["arch"] = plan.arch = arch = _arch_from_process(events)
         if scan.versions and min(scan.versions) < 3:
-            legacy.normalise(files, plan, events)
+            raise CannoliError(tracedir.older_format(trace_dir, min(scan.versions)))
         keep_heavy = _finish_tails(files, plan, scan)
         total = plan.finish()
         _check_free_space(trace_dir, files)

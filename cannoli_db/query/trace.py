@@ -24,6 +24,7 @@ from typing import Iterator, Mapping, Sequence
 
 import duckdb
 
+from .. import format as F
 from .. import schema, store, tracedir
 from ..errors import CannoliError
 from . import named as named_queries
@@ -130,6 +131,9 @@ class Trace:
     def check_version(self) -> None:
         """An index an older cannoli built is refused: its tables mean other things."""
         meta = self.meta
+        if isinstance(meta.get("format_version"), int) and meta["format_version"] < F.FORMAT_VERSION:
+            self._con.close()
+            raise CannoliError(tracedir.older_format(self.path, meta["format_version"]))
         if meta.get("schema_version") != schema.SCHEMA_VERSION or meta.get("store_version") != store.STORE_VERSION:
             self._con.close()
             raise CannoliError(f"{self.path} was indexed by another version of cannoli (schema "
