@@ -49,9 +49,7 @@ class Disassembler:
         """Text of each instruction of a block, split by the recorded instruction sizes."""
         cached = self._blocks.get(block_id)
         if cached is None:
-            cs = self._cs
-            if self._thumb is not None and not self._reads_all(self._cs, pc, code, sizes):
-                cs = self._thumb
+            cs = self._thumb if self.is_thumb(pc, code, sizes) else self._cs
             cached = []
             offset = 0
             for size in sizes:
@@ -59,6 +57,10 @@ class Disassembler:
                 offset += size
             self._blocks[block_id] = cached
         return cached
+
+    def is_thumb(self, pc: int, code: bytes, sizes: list[int]) -> bool:
+        """An arm block is Thumb unless capstone reads every instruction as ARM with its recorded size."""
+        return self._thumb is not None and not self._reads_all(self._cs, pc, code, sizes)
 
     @staticmethod
     def _reads_all(cs, pc: int, code: bytes, sizes: list[int]) -> bool:

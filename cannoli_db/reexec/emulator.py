@@ -1,0 +1,325 @@
+"""Re-execute a prefix of one recorded block execution in unicorn.
+
+Memory: only the pages the block's code and its recorded accesses touch are
+mapped.  Every load returns the recorded value of that access: the read hook
+writes the recorded bytes (the `mem` rows of the instruction, matched by
+address) into emulator memory just before unicorn reads them.  A load with no
+recorded bytes is never guessed: that instruction's outputs become unknown.
+Stores are compared with the recorded store values (when the storing
+instruction's inputs are known) and a difference is counted as a mismatch.
+
+Registers: the recorded entry registers are written; everything else the
+emulator holds (vector registers, segment selectors, ...) is unknown, and the
+known set follows the rule in dataflow.py.  An instruction with unknown inputs
+(or one whose result comes from outside, e.g. cpuid or mrs) still runs, but the
+registers around it are compared and whatever changed becomes unknown too, so
+a write that capstone does not list cannot pass as known.  An instruction
+unicorn cannot run (AVX, which unicorn's QEMU 5 lacks; a fault on an unmapped
+address) is stepped over with its outputs unknown.  Such surprises are found
+while running, so the block is run again with the registers compared around
+that instruction (at most once per instruction of the block).
+
+A rep-prefixed instruction runs iteration by iteration while recorded accesses
+of it remain: QEMU 10 runs several iterations per execution of the
+instruction, and the next recorded execution carries on with the rest.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import capstone
+import unicorn
+
+from ..disasm import Disassembler
+from .arches import Arch, register_names
+from .dataflow import Flow, block_flows
+
+PAGE = 4096
+MAX_PAGES = 4096          # mapped data pages kept between blocks (16 MiB); then all are unmapped
+MAX_CODE_CACHE = 1 << 16  # analysed blocks kept
+UNKNOWN_BYTE = -1         # a recorded store whose value the recording lacks
+
+
+@dataclass
+class Code:
+    """One recorded block, analysed once: instruction pcs, flows, ARM/Thumb."""
+
+    pc: int
+    code: bytes
+    pcs: list[int]
+    flows: list[Flow]
+    thumb: bool
+    index: dict[int, int]
+
+    @property
+    def end(self) -> int:
+        return self.pc + len(self.code)
+
+
+@dataclass(frozen=True)
+class Access:
+    n: int          # instruction index in the block
+    addr: int
+    size: int
+    is_write: bool
+    value: int | None
+
+
+@dataclass
+class Outcome:
+    """Registers before instruction `stop` (known ones only), and what was seen on the way."""
+
+    stop: int
+    registers: dict[str, int]
+    next_pc: int | None = None                   # emulated pc after the last instruction, if known
+    store_mismatches: list[tuple[int, int]] = field(default_factory=list)   # (n, addr)
+    unrecorded_loads: list[tuple[int, int]] = field(default_factory=list)   # (n, addr)
+    failed: dict[int, str] = field(default_factory=dict)                    # n -> unicorn's error
+    states: list[dict[str, int]] | None = None   # with trace=True: known registers before each instruction
+
+
+class _Surprise(Exception):
+    """An instruction without a register snapshot failed or loaded unrecorded memory: run again."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+
+class Emulator:
+    def __init__(self, a: Arch):
+        self.arch = a
+        self.uc = unicorn.Uc(a.uc_arch, a.uc_mode)
+        if a.cpu_model is not None:
+            self.uc.ctl_set_cpu_model(a.cpu_model)
+        self._cs = capstone.Cs(a.cs_arch, a.cs_mode)
+        self._cs.detail = True
+        self._thumb_cs = None
+        if a.thumb_mode is not None:
+            self._thumb_cs = capstone.Cs(a.cs_arch, a.thumb_mode)
+            self._thumb_cs.detail = True
+            self._disasm = Disassembler(a.name)
+        self._names = register_names(a)
+        self._ids = [a.regs[n] for n in a.regs] + ([a.flags.uc_id] if a.flags else [])
+        self._mapped: set[int] = set()
+        self._codes: dict[int, Code] = {}
+        self._run: _Run | None = None
+        self.uc.hook_add(unicorn.UC_HOOK_CODE, self._on_code)
+        self.uc.hook_add(unicorn.UC_HOOK_MEM_READ, self._on_read)
+        self.uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, self._on_write)
+
+    # -- blocks ------------------------------------------------------------
+
+    def code(self, block_id: int, pc: int, code: bytes, sizes: list[int]) -> Code:
+        cached = self._codes.get(block_id)
+        if cached is None:
+            if len(self._codes) >= MAX_CODE_CACHE:
+                self._codes.clear()
+            thumb = self._thumb_cs is not None and self._disasm.is_thumb(pc, code, sizes)
+            pcs = [pc]
+            for size in sizes:
+                pcs.append(pcs[-1] + size)
+            flows = block_flows(self.arch, self._thumb_cs if thumb else self._cs, pc, code, sizes)
+            cached = Code(pc, bytes(code), pcs, flows, thumb, {p: i for i, p in enumerate(pcs[:-1])})
+            self._codes[block_id] = cached
+        return cached
+
+    # -- running -------------------------------------------------------------
+
+    def run(self, code: Code, entry: dict[str, int], accesses: list[Access], stop: int,
+            trace: bool = False, check_stores: bool = True) -> Outcome:
+        """Registers before instruction `stop` (0 <= stop <= icount) of this execution of the block,
+        from its entry registers and its recorded accesses (instruction index, in order).
+        check_stores=False where the trace has no memory accesses (--no-mem) to compare with."""
+        snap: set[int] = set()
+        while True:
+            try:
+                return self._run_once(code, entry, accesses, stop, trace, snap, check_stores)
+            except _Surprise as surprise:
+                snap.add(surprise.n)
+            finally:
+                self._run = None
+
+    def _run_once(self, code: Code, entry, accesses, stop, trace, snap, check_stores) -> Outcome:
+        a = self.arch
+        self._map(code, accesses)
+        self.uc.mem_write(code.pc, code.code)
+        self.uc.ctl_remove_cache(code.pc, code.end)
+        values = [(a.regs[n], v) for n, v in entry.items() if n in a.regs]
+        if a.flags and a.flags.name in entry:
+            values.append((a.flags.uc_id, entry[a.flags.name] & a.flags.mask))
+        self.uc.reg_write_batch(values)
+        known = {n for n in entry if n != "pc"}
+        run = self._run = _Run(self, code, entry, accesses, stop, trace, snap, known, check_stores)
+        start = code.pc
+        while start is not None and stop > 0:
+            try:
+                self.uc.emu_start(start | int(code.thumb), 0)
+                start = None
+            except unicorn.UcError as exc:
+                start = run.failed(exc)
+        run.finish_current()
+        out = Outcome(stop, run.known_registers(), store_mismatches=run.store_mismatches,
+                      unrecorded_loads=run.unrecorded, failed=run.failures, states=run.states)
+        if stop == len(code.flows) and run.last_inputs_known:
+            out.next_pc = self.uc.reg_read(a.pc)
+        return out
+
+    def rep_done(self) -> bool:
+        """The rep count register is 0: the instruction is about to leave its loop."""
+        return self.arch.rep_count is not None and self.uc.reg_read(self.arch.regs[self.arch.rep_count]) == 0
+
+    def read_all(self) -> dict[str, int]:
+        return dict(zip(self._names, self.uc.reg_read_batch(self._ids)))
+
+    def _map(self, code: Code, accesses: list[Access]) -> None:
+        pages = set(range(code.pc & ~(PAGE - 1), code.end, PAGE))
+        for acc in accesses:
+            pages.update(range(acc.addr & ~(PAGE - 1), acc.addr + acc.size, PAGE))
+        pages = {p for p in pages if p < 1 << self.arch.word_bits}
+        missing = pages - self._mapped
+        if len(self._mapped) + len(missing) > MAX_PAGES:
+            for page in self._mapped:
+                self.uc.mem_unmap(page, PAGE)
+            self._mapped.clear()
+            missing = pages
+        for page in missing:
+            self.uc.mem_map(page, PAGE)
+        self._mapped |= missing
+
+    # -- hooks (unicorn calls them; they forward to the current run) --------
+
+    def _on_code(self, uc, address, size, _):
+        self._run.on_code(address)
+
+    def _on_read(self, uc, access, address, size, value, _):
+        self._run.on_read(address, size)
+
+    def _on_write(self, uc, access, address, size, value, _):
+        self._run.on_write(address, size, value)
+
+
+class _Run:
+    """The state of one run of a block: current instruction, known registers, recorded bytes."""
+
+    def __init__(self, emu: Emulator, code: Code, entry, accesses, stop, trace, snap, known, check_stores):
+        self.emu, self.code, self.entry, self.stop = emu, code, entry, stop
+        self.snap = snap
+        self.known: set[str] = known
+        self.cur: int | None = None
+        self.next = 0                 # the instruction that runs next if the block goes on
+        self.cur_inputs_known = False
+        self.snapshot: dict[str, int] | None = None
+        self.last_inputs_known = False
+        self.loads: dict[int, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+        self.stores: dict[int, dict[int, int]] = defaultdict(dict)
+        self.remaining: dict[int, int] = defaultdict(int)  # recorded accesses of each instruction not yet matched
+        self.check_stores = check_stores
+        for acc in accesses:
+            if acc.value is None:
+                if acc.is_write:
+                    self.stores[acc.n].update(dict.fromkeys(range(acc.addr, acc.addr + acc.size), UNKNOWN_BYTE))
+                continue
+            data = (acc.value & ((1 << (8 * acc.size)) - 1)).to_bytes(acc.size, "little")
+            target = self.stores[acc.n] if acc.is_write else None
+            for k, byte in enumerate(data):
+                if target is not None:
+                    target[acc.addr + k] = byte
+                else:
+                    self.loads[acc.n][acc.addr + k].append(byte)
+            self.remaining[acc.n] += acc.size
+        self.store_mismatches: list[tuple[int, int]] = []
+        self.unrecorded: list[tuple[int, int]] = []
+        self.failures: dict[int, str] = {}
+        self.tainted: set[int] = set()
+        self.states: list[dict[str, int]] | None = [] if trace else None
+
+    def on_code(self, address: int) -> None:
+        i = self.code.index.get(address)
+        if i is not None and i == self.cur and (self.remaining[i] > 0 or self.emu.rep_done()):
+            # the next iteration of a rep instruction, or (count exhausted) its exit, which accesses nothing
+            self.finish_current()
+            self.start(i, record=False)
+            return
+        self.finish_current()
+        if i is None or i != self.next or i >= self.stop:
+            self.emu.uc.emu_stop()  # done, or the block's last instruction left it
+            return
+        self.start(i)
+
+    def start(self, i: int, record: bool = True) -> None:
+        flow = self.code.flows[i]
+        self.cur = i
+        self.next = i + 1
+        self.cur_inputs_known = flow.inputs_known(self.known)
+        if self.states is not None and record:
+            self.states.append(self.known_registers())
+        self.snapshot = None
+        if not self.cur_inputs_known or flow.environment or i in self.snap:
+            self.snapshot = self.emu.read_all()
+
+    def finish_current(self) -> None:
+        i = self.cur
+        if i is None:
+            return
+        self.cur = None
+        ok = self.cur_inputs_known and i not in self.tainted
+        self.known = self.code.flows[i].after(self.known, ok)
+        if self.snapshot is not None:
+            now = self.emu.read_all()
+            self.known -= {name for name, value in now.items() if self.snapshot.get(name) != value}
+        elif not ok:
+            raise _Surprise(i)
+        if i == len(self.code.flows) - 1:
+            self.last_inputs_known = ok
+
+    def failed(self, exc: unicorn.UcError) -> int | None:
+        """Unicorn stopped with an error: step over the instruction it was at; where to go on from."""
+        pc = self.emu.uc.reg_read(self.emu.arch.pc) & ~int(self.code.thumb)
+        i = self.code.index.get(pc)
+        if i is None or i != (self.cur if self.cur is not None else self.next) or i >= self.stop:
+            self.finish_current()
+            return None  # left the block (its branch target is not mapped): the run is over
+        if self.cur != i:
+            self.start(i)
+        self.tainted.add(i)
+        if self.cur_inputs_known:
+            self.failures[i] = str(exc)
+        self.finish_current()
+        return self.code.pcs[i + 1] if i + 1 < self.stop else None
+
+    def on_read(self, address: int, size: int) -> None:
+        i = self.cur
+        recorded = self.loads.get(i) if i is not None else None
+        if recorded is None or any(not recorded.get(address + k) for k in range(size)):
+            if i is not None:
+                self.tainted.add(i)
+                if self.cur_inputs_known:
+                    self.unrecorded.append((i, address))
+            return
+        data = bytes(recorded[address + k].pop(0) for k in range(size))
+        self.remaining[i] -= size
+        self.emu.uc.mem_write(address, data)
+
+    def on_write(self, address: int, size: int, value: int) -> None:
+        i = self.cur
+        if i is None:
+            return
+        recorded = self.stores.get(i, {})
+        self.remaining[i] -= size
+        if not (self.check_stores and self.cur_inputs_known) or self.code.flows[i].environment or size > 8:
+            return
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        got = [recorded.get(address + k) for k in range(size)]
+        if UNKNOWN_BYTE not in got and got != list(data):
+            self.store_mismatches.append((i, address))
+
+    def known_registers(self) -> dict[str, int]:
+        a = self.emu.arch
+        values = self.emu.read_all()
+        out = {name: values[name] for name in a.regs if name in self.known}
+        if a.flags and a.flags.name in self.known and a.flags.name in self.entry:
+            mask = a.flags.mask
+            out[a.flags.name] = (self.entry[a.flags.name] & ~mask) | (values[a.flags.name] & mask)
+        return out
