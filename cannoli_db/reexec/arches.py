@@ -26,14 +26,21 @@ import unicorn
 from unicorn import arm64_const as A64, arm_const as ARM, mips_const as MIPS, riscv_const as RV, x86_const as X86
 
 
+KEEP = -1  # Flags.after: the instruction leaves the extra bits as they were
+
+
 @dataclass(frozen=True)
 class Flags:
     """The recorded flags register: unicorn register `uc_id` holds the bits in `mask`; the other
-    bits of the recorded value (aarch64 BTYPE, arm mode bits) are carried over from block entry."""
+    bits of the recorded value (arm mode bits, ...) are carried over from block entry, except the
+    `extra` bits, which `after(capstone insn)` gives for the state after that instruction (KEEP:
+    unchanged; None: unknown)."""
 
     name: str
     uc_id: int
     mask: int
+    extra: int = 0
+    after: Callable[[object], int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,16 @@ class Arch:
     # (the recording's, unicorn's 5.0) compute them differently
     flags_undefined: frozenset[str] = frozenset()
     rep_count: str | None = None       # the count register of rep-prefixed string instructions
+    # atomic read-modify-write instructions (capstone mnemonic prefixes): QEMU's plugin API reports the
+    # operand as their store value (fetch-and-add: the addend), not what was stored, so their recorded
+    # store values are not compared
+    atomic_mnemonics: tuple[str, ...] = ()
+    # stores the recording does not log (QEMU writes host memory directly, without a plugin callback):
+    # aarch64 `dc zva` zeroes a whole cache block
+    stores_unrecorded: frozenset[str] = frozenset()
+    # registers whose size the recording's CPU and unicorn's differ on: an instruction touching one
+    # has unknown outputs (aarch64 SVE: QEMU 10 `max` has 512-bit vectors, unicorn's QEMU 5 none usable)
+    foreign_registers: str | None = None  # a regular expression over capstone register names
 
 
 # -- x86 ---------------------------------------------------------------------
@@ -114,6 +131,12 @@ _X86_ENVIRONMENT = frozenset({
 })
 # rotates by more than one leave OF undefined: QEMU 10 and unicorn's QEMU 5 set it differently
 _X86_FLAGS_UNDEFINED = frozenset({"rol", "ror", "rcl", "rcr"})
+# Locked arithmetic: QEMU runs it as an atomic op-and-fetch and its plugin API reports the *result* as
+# the loaded value (and the operand as the stored one), so the recorded load is not what was read:
+# the outputs (flags, for lock dec: whether the count reached 0) are unknown.  lock xadd and lock
+# cmpxchg report the old value, as loaded, and are re-executed.
+_X86_ATOMIC_RESULT = tuple(f"lock {op}" for op in (
+    "add", "sub", "inc", "dec", "and", "or", "xor", "neg", "not", "adc", "sbb", "bt"))
 _X86_ZERO = frozenset({"xor", "sub", "sbb", "pxor", "xorps", "xorpd", "psubb", "psubw", "psubd", "psubq",
                        "pcmpgtb", "pcmpgtw", "pcmpgtd", "pcmpgtq", "vpxor", "vxorps", "vxorpd"})
 
@@ -157,7 +180,24 @@ def _a64_partial(mnemonic: str, canonical: str, written: str) -> bool:
     return False
 
 
-_A64_ENVIRONMENT = frozenset({"svc", "hvc", "smc", "brk", "hlt"})
+def _a64_btype(insn) -> int | None:
+    """PSTATE.BTYPE (bits 10-11) after an instruction, as QEMU sets it for a CPU with BTI: BLR* -> 2,
+    BR* to x16/x17 -> 1, BR* to another register -> 1 or 3 by whether the page is guarded (which
+    the recording does not say: unknown), anything else clears it."""
+    mnemonic = insn.mnemonic
+    if mnemonic.startswith("blr"):
+        return 2 << 10
+    if mnemonic.startswith("br"):
+        target = insn.reg_name(insn.operands[0].reg) if insn.operands else ""
+        return 1 << 10 if target in ("x16", "x17") else None
+    return 0
+
+
+_A64_ATOMIC = tuple(f"{kind}{op}" for kind in ("ld", "st") for op in (
+    "add", "clr", "eor", "set", "smax", "smin", "umax", "umin")) + ("cas", "swp")
+# svc; and the SVE instructions whose result is the vector length (no SVE register operand)
+_A64_ENVIRONMENT = frozenset({"svc", "hvc", "smc", "brk", "hlt", "rdvl", "addvl", "addpl"} | {
+    f"{op}{size}" for op in ("cnt", "inc", "dec", "sqinc", "sqdec", "uqinc", "uqdec") for size in "bhwd"})
 
 
 # -- arm (32-bit) --------------------------------------------------------------
@@ -222,9 +262,10 @@ ARCHES: dict[str, Arch] = {
         _x86_regs(("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
                    "r14", "r15", "fs_base")),
         X86.UC_X86_REG_RIP, Flags("eflags", X86.UC_X86_REG_EFLAGS, 0xFFFFFFFF),
-        _x86_canonical, frozenset(), _x86_partial, _X86_ENVIRONMENT, zero_idioms=_X86_ZERO,
+        _x86_canonical, frozenset(), _x86_partial, _X86_ENVIRONMENT, environment_prefixes=_X86_ATOMIC_RESULT,
+        zero_idioms=_X86_ZERO,
         syscall_regs=("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9"), flags_undefined=_X86_FLAGS_UNDEFINED,
-        rep_count="rcx"),
+        rep_count="rcx", atomic_mnemonics=("lock ",)),
     "i386": Arch(
         "i386", unicorn.UC_ARCH_X86, unicorn.UC_MODE_32, X86.UC_CPU_X86_HASWELL,
         capstone.CS_ARCH_X86, capstone.CS_MODE_32,
@@ -233,16 +274,18 @@ ARCHES: dict[str, Arch] = {
         X86.UC_X86_REG_EIP, Flags("eflags", X86.UC_X86_REG_EFLAGS, 0xFFFFFFFF),
         lambda n: {"rax": "eax", "rbx": "ebx", "rcx": "ecx", "rdx": "edx", "rsi": "esi", "rdi": "edi",
                    "rbp": "ebp", "rsp": "esp"}.get(_x86_canonical(n), _x86_canonical(n)),
-        frozenset(), _x86_partial, _X86_ENVIRONMENT, zero_idioms=_X86_ZERO, word_bits=32,
+        frozenset(), _x86_partial, _X86_ENVIRONMENT, environment_prefixes=_X86_ATOMIC_RESULT,
+        zero_idioms=_X86_ZERO, word_bits=32,
         syscall_regs=("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp"), flags_undefined=_X86_FLAGS_UNDEFINED,
-        rep_count="ecx"),
+        rep_count="ecx", atomic_mnemonics=("lock ",)),
     "aarch64": Arch(
         "aarch64", unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM, A64.UC_CPU_ARM64_MAX,
         capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM,
         {f"x{n}": getattr(A64, f"UC_ARM64_REG_X{n}") for n in range(31)} | {"sp": A64.UC_ARM64_REG_SP},
-        A64.UC_ARM64_REG_PC, Flags("cpsr", A64.UC_ARM64_REG_NZCV, 0xF0000000),
+        A64.UC_ARM64_REG_PC, Flags("cpsr", A64.UC_ARM64_REG_NZCV, 0xF0000000, 0xC00, _a64_btype),
         _a64_canonical, frozenset({"zr"}), _a64_partial, _A64_ENVIRONMENT, environment_prefixes=("mrs",),
-        syscall_regs=("x8", "x0", "x1", "x2", "x3", "x4", "x5")),
+        syscall_regs=("x8", "x0", "x1", "x2", "x3", "x4", "x5"), atomic_mnemonics=_A64_ATOMIC,
+        stores_unrecorded=frozenset({"dc"}), foreign_registers=r"^([zp]\d+|ffr)$"),
     "arm": Arch(
         "arm", unicorn.UC_ARCH_ARM, unicorn.UC_MODE_ARM, ARM.UC_CPU_ARM_MAX,
         capstone.CS_ARCH_ARM, capstone.CS_MODE_ARM,

@@ -112,8 +112,9 @@ class _Checker:
         if pending is not None:
             self._compare(*pending, e.idx, e.code.pc, e.entry)
         if not e.full:
+            # the last instruction counted is the one that faulted (or was interrupted): it did not complete
             r.cut_short += 1
-            out = self.emulator.run(e.code, e.entry, e.accesses, e.icount, check_stores=self.check_stores)
+            out = self.emulator.run(e.code, e.entry, e.accesses, e.icount - 1, check_stores=self.check_stores)
             self._note(e, out)
             return
         if last in syscalls:

@@ -18,11 +18,12 @@ registers around any instruction with unknown inputs (emulator.py).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import capstone
 
-from .arches import Arch
+from .arches import KEEP, Arch
 
 # aarch64/arm mnemonics whose register operands (all of them for loads, the first for the rest)
 # are destinations only
@@ -38,19 +39,23 @@ class Flow:
     environment: bool             # outputs come from outside the block
     mnemonic: str
     spoils: frozenset[str] = frozenset()  # unknown afterwards whatever the inputs (undefined flags)
+    atomic: bool = False                  # an atomic read-modify-write (its recorded store value is not what it stored)
+    flags_extra: int | None = KEEP        # the flags register's extra bits afterwards (arches.Flags.after)
+    touches: frozenset[str] = frozenset()  # writes and every register operand: unknown if it cannot run
+    store_unrecorded: bool = False        # its stores are not in the recording
 
     def inputs_known(self, known: set[str]) -> bool:
         return not self.environment and self.reads <= known
 
     def after(self, known: set[str], inputs_known: bool) -> set[str]:
         """The known set after this instruction ran (with inputs known or not)."""
-        out = known - self.writes
+        out = known - (self.touches if self.environment else self.writes)
         if inputs_known:
             out |= {r for r in self.writes if r not in self.partial or r in known}
         return out - self.spoils
 
 
-UNDECODED = Flow(frozenset({"?"}), frozenset(), frozenset(), True, "(bad)")
+UNDECODED = Flow(frozenset({"?"}), frozenset(), frozenset(), True, "(bad)", flags_extra=None)
 
 
 def block_flows(a: Arch, cs: capstone.Cs, pc: int, code: bytes, sizes: list[int]) -> list[Flow]:
@@ -66,6 +71,7 @@ def block_flows(a: Arch, cs: capstone.Cs, pc: int, code: bytes, sizes: list[int]
 
 def _flow(a: Arch, insn) -> Flow:
     name = insn.reg_name
+    atomic = insn.mnemonic.startswith(a.atomic_mnemonics) if a.atomic_mnemonics else False
     mnemonic = insn.mnemonic.split(".")[0] if a.name in ("arm", "aarch64") else insn.mnemonic
     mnemonic = mnemonic.removeprefix("rep ").removeprefix("repne ").removeprefix("lock ")
     reads: set[str] = set()
@@ -105,7 +111,15 @@ def _flow(a: Arch, insn) -> Flow:
     writes = {canonical(w) for w in written}
     partial = {canonical(w) for w in written if a.partial_write(mnemonic, canonical(w), w)}
     reads = {canonical(r) for r in reads} - a.constants - {"pc"}
-    environment = mnemonic in a.environment or mnemonic.startswith(a.environment_prefixes or ("\0",))
+    prefixes = a.environment_prefixes or ("\0",)
+    environment = mnemonic in a.environment or mnemonic.startswith(prefixes) or insn.mnemonic.startswith(prefixes)
+    operands = {name(op.reg) for _, op in reg_ops}
+    foreign = bool(a.foreign_registers and any(re.match(a.foreign_registers, r) for r in operands | reads | written))
+    environment = environment or foreign
     writes -= a.constants | {"pc"}
-    spoils = frozenset({a.flags.name}) if a.flags and mnemonic in a.flags_undefined else frozenset()
-    return Flow(frozenset(reads), frozenset(writes), frozenset(partial & writes), environment, mnemonic, spoils)
+    # SVE predicate instructions set NZCV without capstone listing it
+    spoils = frozenset({a.flags.name}) if a.flags and (mnemonic in a.flags_undefined or foreign) else frozenset()
+    touches = frozenset(writes | {canonical(r) for r in operands}) - a.constants - {"pc"}
+    return Flow(frozenset(reads), frozenset(writes), frozenset(partial & writes), environment, mnemonic, spoils,
+                atomic, a.flags.after(insn) if a.flags and a.flags.after else KEEP, touches,
+                mnemonic in a.stores_unrecorded)

@@ -26,14 +26,16 @@ instruction, and the next recorded execution carries on with the rest.
 
 from __future__ import annotations
 
+import ctypes
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 import capstone
 import unicorn
+from unicorn.unicorn_py3.unicorn import uclib
 
 from ..disasm import Disassembler
-from .arches import Arch, register_names
+from .arches import KEEP, Arch, register_names
 from .dataflow import Flow, block_flows
 
 PAGE = 4096
@@ -87,6 +89,33 @@ class _Surprise(Exception):
         self.n = n
 
 
+class _RegisterFile:
+    """Batch access to the recorded registers through unicorn's C API (uc_reg_{read,write}_batch):
+    the Python binding's per-register type dispatch costs more than the emulation of a block."""
+
+    def __init__(self, uc: unicorn.Uc, ids: list[int]):
+        self._uch = uc._uch
+        self.count = len(ids)
+        self._ids = (ctypes.c_int * self.count)(*ids)
+        self._values = (ctypes.c_uint64 * self.count)()
+        self._ptrs = (ctypes.c_void_p * self.count)(*(ctypes.addressof(self._values) + 8 * k
+                                                      for k in range(self.count)))
+
+    def read(self) -> list[int]:
+        ctypes.memset(self._values, 0, 8 * self.count)  # a 32-bit register fills only the low half
+        if uclib.uc_reg_read_batch(self._uch, self._ids, self._ptrs, self.count) != unicorn.UC_ERR_OK:
+            raise unicorn.UcError(unicorn.UC_ERR_ARG)
+        return self._values[:]
+
+    def write(self, values: dict[int, int]) -> None:
+        """Set the registers at these positions; the others keep their values."""
+        self.read()
+        for k, value in values.items():
+            self._values[k] = value
+        if uclib.uc_reg_write_batch(self._uch, self._ids, self._ptrs, self.count) != unicorn.UC_ERR_OK:
+            raise unicorn.UcError(unicorn.UC_ERR_ARG)
+
+
 class Emulator:
     def __init__(self, a: Arch):
         self.arch = a
@@ -102,6 +131,8 @@ class Emulator:
             self._disasm = Disassembler(a.name)
         self._names = register_names(a)
         self._ids = [a.regs[n] for n in a.regs] + ([a.flags.uc_id] if a.flags else [])
+        self._file = _RegisterFile(self.uc, self._ids)
+        self._slot = {name: k for k, name in enumerate(self._names)}
         self._mapped: set[int] = set()
         self._codes: dict[int, Code] = {}
         self._run: _Run | None = None
@@ -144,12 +175,12 @@ class Emulator:
     def _run_once(self, code: Code, entry, accesses, stop, trace, snap, check_stores) -> Outcome:
         a = self.arch
         self._map(code, accesses)
-        self.uc.mem_write(code.pc, code.code)
-        self.uc.ctl_remove_cache(code.pc, code.end)
-        values = [(a.regs[n], v) for n, v in entry.items() if n in a.regs]
+        self.place(code.pc, code.code)
+        slot = self._slot
+        values = {slot[n]: v for n, v in entry.items() if n in slot}
         if a.flags and a.flags.name in entry:
-            values.append((a.flags.uc_id, entry[a.flags.name] & a.flags.mask))
-        self.uc.reg_write_batch(values)
+            values[slot[a.flags.name]] = entry[a.flags.name] & a.flags.mask
+        self._file.write(values)
         known = {n for n in entry if n != "pc"}
         run = self._run = _Run(self, code, entry, accesses, stop, trace, snap, known, check_stores)
         start = code.pc
@@ -166,22 +197,31 @@ class Emulator:
             out.next_pc = self.uc.reg_read(a.pc)
         return out
 
+    def place(self, addr: int, data: bytes) -> None:
+        """Put bytes into emulator memory.  unicorn keeps translated code until told, so where the
+        bytes change, its translations of them are dropped; where they do not, they are kept (a
+        block translated once runs again without being translated again)."""
+        if self.uc.mem_read(addr, len(data)) != data:
+            self.uc.mem_write(addr, data)
+            self.uc.ctl_remove_cache(addr, addr + len(data))
+
     def rep_done(self) -> bool:
         """The rep count register is 0: the instruction is about to leave its loop."""
         return self.arch.rep_count is not None and self.uc.reg_read(self.arch.regs[self.arch.rep_count]) == 0
 
     def read_all(self) -> dict[str, int]:
-        return dict(zip(self._names, self.uc.reg_read_batch(self._ids)))
+        return dict(zip(self._names, self._file.read()))
 
     def _map(self, code: Code, accesses: list[Access]) -> None:
-        pages = set(range(code.pc & ~(PAGE - 1), code.end, PAGE))
+        # and the page after: unicorn translates ahead, and an instruction after the block may cross into it
+        pages = set(range(code.pc & ~(PAGE - 1), code.end + 16, PAGE))
         for acc in accesses:
             pages.update(range(acc.addr & ~(PAGE - 1), acc.addr + acc.size, PAGE))
         pages = {p for p in pages if p < 1 << self.arch.word_bits}
         missing = pages - self._mapped
         if len(self._mapped) + len(missing) > MAX_PAGES:
             for page in self._mapped:
-                self.uc.mem_unmap(page, PAGE)
+                self.uc.mem_unmap(page, PAGE)  # drops the translations of its code too
             self._mapped.clear()
             missing = pages
         for page in missing:
@@ -208,6 +248,7 @@ class _Run:
         self.snap = snap
         self.known: set[str] = known
         self.cur: int | None = None
+        self.last: int | None = None  # the last instruction that completed
         self.next = 0                 # the instruction that runs next if the block goes on
         self.cur_inputs_known = False
         self.snapshot: dict[str, int] | None = None
@@ -264,6 +305,7 @@ class _Run:
         if i is None:
             return
         self.cur = None
+        self.last = i
         ok = self.cur_inputs_known and i not in self.tainted
         self.known = self.code.flows[i].after(self.known, ok)
         if self.snapshot is not None:
@@ -287,6 +329,7 @@ class _Run:
         if self.cur_inputs_known:
             self.failures[i] = str(exc)
         self.finish_current()
+        self.known -= self.code.flows[i].touches  # what it would have written is not known
         return self.code.pcs[i + 1] if i + 1 < self.stop else None
 
     def on_read(self, address: int, size: int) -> None:
@@ -300,7 +343,7 @@ class _Run:
             return
         data = bytes(recorded[address + k].pop(0) for k in range(size))
         self.remaining[i] -= size
-        self.emu.uc.mem_write(address, data)
+        self.emu.place(address, data)
 
     def on_write(self, address: int, size: int, value: int) -> None:
         i = self.cur
@@ -308,7 +351,9 @@ class _Run:
             return
         recorded = self.stores.get(i, {})
         self.remaining[i] -= size
-        if not (self.check_stores and self.cur_inputs_known) or self.code.flows[i].environment or size > 8:
+        flow = self.code.flows[i]
+        if (not (self.check_stores and self.cur_inputs_known) or flow.environment or flow.atomic
+                or flow.store_unrecorded or size > 8):
             return
         data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
         got = [recorded.get(address + k) for k in range(size)]
@@ -319,7 +364,13 @@ class _Run:
         a = self.emu.arch
         values = self.emu.read_all()
         out = {name: values[name] for name in a.regs if name in self.known}
-        if a.flags and a.flags.name in self.known and a.flags.name in self.entry:
-            mask = a.flags.mask
-            out[a.flags.name] = (self.entry[a.flags.name] & ~mask) | (values[a.flags.name] & mask)
+        flags = a.flags
+        if flags and flags.name in self.known and flags.name in self.entry:
+            value = (self.entry[flags.name] & ~flags.mask) | (values[flags.name] & flags.mask)
+            extra = self.code.flows[self.last].flags_extra if self.last is not None else KEEP
+            if extra is None:
+                return out  # unknown
+            if extra != KEEP:
+                value = (value & ~flags.extra) | extra
+            out[flags.name] = value
         return out
