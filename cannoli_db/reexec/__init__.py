@@ -45,17 +45,11 @@ def registers_at(trace, idx: int) -> dict[str, int]:
     if idx == start:
         return {**entry, "pc": pc}
     emulator = emulator_for(trace)
-    ((block_id,),) = trace.sql("SELECT block_id FROM exec WHERE idx = $i", {"i": start}).rows
-    (execution,) = [e for e in _one_execution(trace, emulator, tid, start, block_id)]
-    out = emulator.run(execution.code, entry, execution.accesses, idx - start,
-                       check_stores=False)
-    return {**out.registers, "pc": pc}
-
-
-def _one_execution(trace, emulator: Emulator, tid: int, start: int, block_id: int):
     source = Executions(trace, emulator, tid)
-    source.state = {}  # the entry registers come from the named query
-    return [e for e in source.window(start, start + 1, covering=False) if e.idx == start]
+    source.state = {}  # the entry registers are the named query's
+    (execution,) = [e for e in source.window(start, start + 1, covering=False) if e.idx == start]
+    out = emulator.run(execution.code, entry, execution.accesses, idx - start, check_stores=False)
+    return {**out.registers, "pc": pc}
 
 
 class RegisterChanges:
@@ -65,13 +59,15 @@ class RegisterChanges:
     register.  Call `window` for increasing, non-overlapping windows."""
 
     def __init__(self, trace, tid: int | None = None):
-        self.emulator = emulator_for(trace)
+        self.enabled = not trace.meta.get("regs_unavailable")  # QEMU 7.2 - 8.2: no registers at all
+        self.emulator = emulator_for(trace) if self.enabled else None
         self.source = Executions(trace, self.emulator, tid)
         self.shown: dict[int, dict[str, int]] = {}
-        self.check_stores = False
 
     def window(self, lo: int, hi: int) -> dict[int, tuple[tuple[str, int], ...]]:
         out: dict[int, tuple[tuple[str, int], ...]] = {}
+        if not self.enabled:
+            return out
         for e in self.source.window(lo, hi):
             stop = min(e.icount, hi - e.idx)
             run = self.emulator.run(e.code, e.entry, e.accesses, stop, trace=True, check_stores=False)

@@ -182,24 +182,36 @@ def _worker(path: str, lo: int, hi: int) -> Result:
         return check_range(trace, lo, hi)
 
 
+def _workers(workers: int) -> int:
+    return max(1, workers or os.cpu_count() or 1)
+
+
+def parts(lo: int, hi: int, workers: int = 0) -> int:
+    """How many position ranges `run` splits [lo, hi) into."""
+    return max(1, min(_workers(workers) * 4, (hi - lo) // MIN_WORKER_RANGE))
+
+
 def run(trace, lo: int, hi: int, workers: int = 0, progress=None) -> Result:
-    """Check [lo, hi) in worker processes (workers=0: one per core), over position ranges."""
+    """Check [lo, hi) in worker processes (workers=0: one per core), over position ranges;
+    progress(result so far) after each range."""
     reason = trace.meta.get("regs_unavailable")
     if reason:
         raise CannoliError(f"{trace.path} has no registers to check: {reason}")
     arch(trace.meta.get("arch"))
-    workers = max(1, workers or os.cpu_count() or 1)
-    parts = max(1, min(workers * 4, (hi - lo) // MIN_WORKER_RANGE))
-    bounds = [(lo + (hi - lo) * k // parts, lo + (hi - lo) * (k + 1) // parts) for k in range(parts)]
+    workers = _workers(workers)
+    count = parts(lo, hi, workers)
+    bounds = [(lo + (hi - lo) * k // count, lo + (hi - lo) * (k + 1) // count) for k in range(count)]
     started = time.monotonic()
-    total = Result((lo, hi), workers=workers)
-    if parts == 1 or workers == 1:
+    total = Result((lo, hi), workers=min(workers, count))
+    if count == 1 or workers == 1:
         for a, b in bounds:
             total.add(check_range(trace, a, b))
+            if progress:
+                progress(total)
     else:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(workers, parts), mp_context=context) as pool:
-            for part in pool.map(_worker, [str(trace.path)] * parts, *zip(*bounds)):
+        with ProcessPoolExecutor(min(workers, count), mp_context=context) as pool:
+            for part in pool.map(_worker, [str(trace.path)] * count, *zip(*bounds)):
                 total.add(part)
                 if progress:
                     progress(total)
@@ -207,10 +219,20 @@ def run(trace, lo: int, hi: int, workers: int = 0, progress=None) -> Result:
     return total
 
 
+def as_dict(result: Result) -> dict:
+    return asdict(result) | {"total_mismatches": result.total_mismatches,
+                             "blocks_per_second": round(result.blocks / result.seconds) if result.seconds else None}
+
+
+def rows(result: Result) -> list[tuple[str, int, int]]:
+    """(register, mismatches, blocks where it was unknown at the end), worst first."""
+    names = set(result.mismatches) | set(result.unknown_at_end)
+    return sorted(((n, result.mismatches.get(n, 0), result.unknown_at_end.get(n, 0)) for n in names),
+                  key=lambda r: (-r[1], -r[2], r[0]))
+
+
 def save(trace_dir: Path, result: Result) -> None:
-    data = asdict(result) | {"total_mismatches": result.total_mismatches,
-                             "blocks_per_second": round(result.blocks / result.seconds) if result.seconds else None,
-                             "index_mtime_ns": _index_mtime(trace_dir)}
+    data = as_dict(result) | {"index_mtime_ns": _index_mtime(trace_dir)}
     tmp = Path(trace_dir) / f".{RESULT_NAME}.tmp"
     tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, Path(trace_dir) / RESULT_NAME)

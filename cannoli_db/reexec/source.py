@@ -54,7 +54,7 @@ class Executions:
         start = rows[0][0]
         self._start_state(start)
         changes = self._changes(start, hi)
-        accesses = self._accesses([r[0] for r in rows], hi)
+        accesses = self._accesses([r[0] for r in rows], max(r[0] + r[3] for r in rows))
         codes = self._codes({r[2] for r in rows})
         for idx, tid, block_id, icount, full in rows:
             state = self.state.setdefault(tid, {})
@@ -81,8 +81,9 @@ class Executions:
         return out
 
     def _accesses(self, starts: list[int], hi: int) -> dict[int, list[Access]]:
-        """Accesses by the position of their block's first instruction.  Each position belongs to one
-        execution, the one with the greatest start at or before it (starts: sorted)."""
+        """Accesses at positions [starts[0], hi) by the position of their block's first instruction.
+        Each position belongs to one execution, the one with the greatest start at or before it
+        (starts: sorted)."""
         out: dict[int, list[Access]] = {}
         k = 0
         for idx, addr, size, is_write, value in self.trace.sql("""
