@@ -32,7 +32,7 @@ from .source import Executions
 
 RESULT_NAME = "registers-check.json"
 WINDOW = 1 << 16          # positions per query window
-MIN_WORKER_RANGE = 1 << 18
+MIN_WORKER_RANGE = 1 << 15  # positions; below it a worker spends more time starting than checking
 MAX_EXAMPLES = 20
 
 
