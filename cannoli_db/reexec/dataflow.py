@@ -43,6 +43,12 @@ class Flow:
     flags_extra: int | None = KEEP        # the flags register's extra bits afterwards (arches.Flags.after)
     touches: frozenset[str] = frozenset()  # writes and every register operand: unknown if it cannot run
     store_unrecorded: bool = False        # its stores are not in the recording
+    repeats: bool = False                 # a rep-prefixed string instruction (runs as a loop)
+
+    @property
+    def plain(self) -> bool:
+        """Re-executed without watching: nothing about it needs the per-instruction checks."""
+        return not (self.environment or self.store_unrecorded or self.repeats)
 
     def inputs_known(self, known: set[str]) -> bool:
         return not self.environment and self.reads <= known
@@ -56,6 +62,17 @@ class Flow:
 
 
 UNDECODED = Flow(frozenset({"?"}), frozenset(), frozenset(), True, "(bad)", flags_extra=None)
+
+
+def plain_known(flows: list[Flow], known: frozenset[str], stop: int) -> frozenset[str] | None:
+    """The known set after the first `stop` instructions if every one of them is plain and has known
+    inputs (then nothing needs watching while they run); else None."""
+    current = set(known)
+    for flow in flows[:stop]:
+        if not (flow.plain and flow.inputs_known(current)):
+            return None
+        current = flow.after(current, True)
+    return frozenset(current)
 
 
 def block_flows(a: Arch, cs: capstone.Cs, pc: int, code: bytes, sizes: list[int]) -> list[Flow]:
@@ -122,4 +139,4 @@ def _flow(a: Arch, insn) -> Flow:
     touches = frozenset(writes | {canonical(r) for r in operands}) - a.constants - {"pc"}
     return Flow(frozenset(reads), frozenset(writes), frozenset(partial & writes), environment, mnemonic, spoils,
                 atomic, a.flags.after(insn) if a.flags and a.flags.after else KEEP, touches,
-                mnemonic in a.stores_unrecorded)
+                mnemonic in a.stores_unrecorded, insn.mnemonic.startswith(("rep ", "repne ", "repe ", "repz ", "repnz ")))

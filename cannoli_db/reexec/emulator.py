@@ -36,7 +36,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from ..disasm import Disassembler
 from .arches import KEEP, Arch, register_names
-from .dataflow import Flow, block_flows
+from .dataflow import Flow, block_flows, plain_known
 
 PAGE = 4096
 MAX_PAGES = 4096          # mapped data pages kept between blocks (16 MiB); then all are unmapped
@@ -54,6 +54,7 @@ class Code:
     flows: list[Flow]
     thumb: bool
     index: dict[int, int]
+    plans: dict = field(default_factory=dict)  # (entry registers, stop) -> plain_known(...)
 
     @property
     def end(self) -> int:
@@ -119,9 +120,9 @@ class _RegisterFile:
 class Emulator:
     def __init__(self, a: Arch):
         self.arch = a
-        self.uc = unicorn.Uc(a.uc_arch, a.uc_mode)
-        if a.cpu_model is not None:
-            self.uc.ctl_set_cpu_model(a.cpu_model)
+        self._names = register_names(a)
+        self._ids = [a.regs[n] for n in a.regs] + ([a.flags.uc_id] if a.flags else [])
+        self._slot = {name: k for k, name in enumerate(self._names)}
         self._cs = capstone.Cs(a.cs_arch, a.cs_mode)
         self._cs.detail = True
         self._thumb_cs = None
@@ -129,16 +130,27 @@ class Emulator:
             self._thumb_cs = capstone.Cs(a.cs_arch, a.thumb_mode)
             self._thumb_cs.detail = True
             self._disasm = Disassembler(a.name)
-        self._names = register_names(a)
-        self._ids = [a.regs[n] for n in a.regs] + ([a.flags.uc_id] if a.flags else [])
-        self._file = _RegisterFile(self.uc, self._ids)
-        self._slot = {name: k for k, name in enumerate(self._names)}
-        self._mapped: set[int] = set()
         self._codes: dict[int, Code] = {}
-        self._run: _Run | None = None
-        self.uc.hook_add(unicorn.UC_HOOK_CODE, self._on_code)
-        self.uc.hook_add(unicorn.UC_HOOK_MEM_READ, self._on_read)
-        self.uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, self._on_write)
+        self._run: _Run | _PlainRun | None = None
+        # two unicorn machines: adding or removing a code hook makes unicorn drop its translations,
+        # so the watched runs (a Python call per instruction) have a machine of their own
+        self._plain = self._machine(watched=False)
+        self._watched = self._machine(watched=True)
+        self._use(self._plain)
+
+    def _machine(self, watched: bool) -> tuple:
+        a = self.arch
+        uc = unicorn.Uc(a.uc_arch, a.uc_mode)
+        if a.cpu_model is not None:
+            uc.ctl_set_cpu_model(a.cpu_model)
+        uc.hook_add(unicorn.UC_HOOK_MEM_READ, self._on_read)
+        uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, self._on_write)
+        if watched:
+            uc.hook_add(unicorn.UC_HOOK_CODE, self._on_code)
+        return uc, _RegisterFile(uc, self._ids), set()
+
+    def _use(self, machine: tuple) -> None:
+        self.uc, self._file, self._mapped = machine
 
     # -- blocks ------------------------------------------------------------
 
@@ -163,6 +175,10 @@ class Emulator:
         """Registers before instruction `stop` (0 <= stop <= icount) of this execution of the block,
         from its entry registers and its recorded accesses (instruction index, in order).
         check_stores=False where the trace has no memory accesses (--no-mem) to compare with."""
+        if not trace and stop > 0:
+            fast = self._run_plain(code, entry, accesses, stop, check_stores)
+            if fast is not None:
+                return fast
         snap: set[int] = set()
         while True:
             try:
@@ -172,7 +188,7 @@ class Emulator:
             finally:
                 self._run = None
 
-    def _run_once(self, code: Code, entry, accesses, stop, trace, snap, check_stores) -> Outcome:
+    def _prepare(self, code: Code, entry, accesses) -> None:
         a = self.arch
         self._map(code, accesses)
         self.place(code.pc, code.code)
@@ -181,6 +197,39 @@ class Emulator:
         if a.flags and a.flags.name in entry:
             values[slot[a.flags.name]] = entry[a.flags.name] & a.flags.mask
         self._file.write(values)
+
+    def _run_plain(self, code: Code, entry, accesses, stop, check_stores) -> Outcome | None:
+        """The common case, without a Python call per instruction: every instruction plain with known
+        inputs, loads matched byte by byte in program order.  None: anything unexpected happened
+        (the watched run does it again, and explains)."""
+        key = (frozenset(entry), stop)
+        known = code.plans.get(key, False)
+        if known is False:
+            known = code.plans[key] = plain_known(code.flows, frozenset(n for n in entry if n != "pc"), stop)
+        if known is None:
+            return None
+        self._use(self._plain)
+        self._prepare(code, entry, accesses)
+        run = self._run = _PlainRun(self, code, accesses, check_stores)
+        try:
+            self.uc.emu_start(code.pc | int(code.thumb), 0, count=stop)
+        except unicorn.UcError:
+            # only the last instruction leaves the block: an error outside it is the fetch at its target
+            if (self.uc.reg_read(self.arch.pc) & ~int(code.thumb)) in code.index:
+                return None
+        finally:
+            self._run = None
+        if run.surprised or run.unconsumed():
+            return None
+        out = Outcome(stop, _known_registers(self, code, entry, known, stop - 1),
+                      store_mismatches=run.store_mismatches)
+        if stop == len(code.flows):
+            out.next_pc = self.uc.reg_read(self.arch.pc)
+        return out
+
+    def _run_once(self, code: Code, entry, accesses, stop, trace, snap, check_stores) -> Outcome:
+        self._use(self._watched)
+        self._prepare(code, entry, accesses)
         known = {n for n in entry if n != "pc"}
         run = self._run = _Run(self, code, entry, accesses, stop, trace, snap, known, check_stores)
         start = code.pc
@@ -194,7 +243,7 @@ class Emulator:
         out = Outcome(stop, run.known_registers(), store_mismatches=run.store_mismatches,
                       unrecorded_loads=run.unrecorded, failed=run.failures, states=run.states)
         if stop == len(code.flows) and run.last_inputs_known:
-            out.next_pc = self.uc.reg_read(a.pc)
+            out.next_pc = self.uc.reg_read(self.arch.pc)
         return out
 
     def place(self, addr: int, data: bytes) -> None:
@@ -361,16 +410,71 @@ class _Run:
             self.store_mismatches.append((i, address))
 
     def known_registers(self) -> dict[str, int]:
-        a = self.emu.arch
-        values = self.emu.read_all()
-        out = {name: values[name] for name in a.regs if name in self.known}
-        flags = a.flags
-        if flags and flags.name in self.known and flags.name in self.entry:
-            value = (self.entry[flags.name] & ~flags.mask) | (values[flags.name] & flags.mask)
-            extra = self.code.flows[self.last].flags_extra if self.last is not None else KEEP
-            if extra is None:
-                return out  # unknown
-            if extra != KEEP:
-                value = (value & ~flags.extra) | extra
-            out[flags.name] = value
-        return out
+        return _known_registers(self.emu, self.code, self.entry, self.known, self.last)
+
+
+def _known_registers(emu: Emulator, code: Code, entry, known, last: int | None) -> dict[str, int]:
+    """The known recorded registers, as unicorn holds them now; the flags register with the bits
+    unicorn does not compute from block entry (or from the last instruction, arches.Flags)."""
+    a = emu.arch
+    values = emu.read_all()
+    out = {name: values[name] for name in a.regs if name in known}
+    flags = a.flags
+    if flags and flags.name in known and flags.name in entry:
+        value = (entry[flags.name] & ~flags.mask) | (values[flags.name] & flags.mask)
+        extra = code.flows[last].flags_extra if last is not None else KEEP
+        if extra is None:
+            return out  # unknown
+        if extra != KEEP:
+            value = (value & ~flags.extra) | extra
+        out[flags.name] = value
+    return out
+
+
+class _PlainRun:
+    """Memory for a plain run: each recorded byte is a queue, consumed in program order."""
+
+    def __init__(self, emu: Emulator, code: Code, accesses: list[Access], check_stores: bool):
+        self.emu = emu
+        self.flows = code.flows
+        self.loads: dict[int, list[int]] = defaultdict(list)
+        self.stores: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        self.check_stores = check_stores
+        self.surprised = False
+        self.store_mismatches: list[tuple[int, int]] = []
+        for acc in accesses:
+            if acc.value is None:
+                self.surprised = True  # a value the recording lacks: the watched run decides
+                return
+            data = (acc.value & ((1 << (8 * acc.size)) - 1)).to_bytes(acc.size, "little")
+            for k, byte in enumerate(data):
+                if acc.is_write:
+                    self.stores[acc.addr + k].append((byte, acc.n))
+                else:
+                    self.loads[acc.addr + k].append(byte)
+
+    def on_read(self, address: int, size: int) -> None:
+        queues = [self.loads.get(address + k) for k in range(size)]
+        if not all(queues):
+            self.surprised = True
+            self.emu.uc.emu_stop()
+            return
+        self.emu.place(address, bytes(q.pop(0) for q in queues))
+
+    def on_write(self, address: int, size: int, value: int) -> None:
+        if size > 8:
+            self.surprised = True  # compared per instruction by the watched run
+            return
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        for k, byte in enumerate(data):
+            queue = self.stores.get(address + k)
+            if not queue:
+                self.surprised = True
+                return
+            recorded, n = queue.pop(0)
+            if self.check_stores and recorded != byte and not self.flows[n].atomic:
+                self.store_mismatches.append((n, address))
+                return
+
+    def unconsumed(self) -> bool:
+        return any(self.loads.values()) or any(self.stores.values())
