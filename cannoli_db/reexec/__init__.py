@@ -46,8 +46,7 @@ def registers_at(trace, idx: int) -> dict[str, int]:
         return {**entry, "pc": pc}
     emulator = emulator_for(trace)
     source = Executions(trace, emulator, tid)
-    source.state = {}  # the entry registers are the named query's
-    (execution,) = [e for e in source.window(start, start + 1, covering=False) if e.idx == start]
+    (execution,) = [e for e in source.window(start, start + 1, covering=False, entries=False) if e.idx == start]
     out = emulator.run(execution.code, entry, execution.accesses, idx - start, check_stores=False)
     return {**out.registers, "pc": pc}
 

@@ -145,6 +145,7 @@ class Emulator:
             uc.ctl_set_cpu_model(a.cpu_model)
         uc.hook_add(unicorn.UC_HOOK_MEM_READ, self._on_read)
         uc.hook_add(unicorn.UC_HOOK_MEM_WRITE, self._on_write)
+        uc.hook_add(unicorn.UC_HOOK_MEM_READ_UNMAPPED | unicorn.UC_HOOK_MEM_WRITE_UNMAPPED, self._on_unmapped)
         if watched:
             uc.hook_add(unicorn.UC_HOOK_CODE, self._on_code)
         return uc, _RegisterFile(uc, self._ids), set()
@@ -153,6 +154,9 @@ class Emulator:
         self.uc, self._file, self._mapped = machine
 
     # -- blocks ------------------------------------------------------------
+
+    def cached(self, block_id: int) -> Code | None:
+        return self._codes.get(block_id)
 
     def code(self, block_id: int, pc: int, code: bytes, sizes: list[int]) -> Code:
         cached = self._codes.get(block_id)
@@ -288,6 +292,11 @@ class Emulator:
     def _on_write(self, uc, access, address, size, value, _):
         self._run.on_write(address, size, value)
 
+    def _on_unmapped(self, uc, access, address, size, value, _) -> bool:
+        # a page no recorded access touches: a load without a recorded value, a store the recording lacks
+        self._run.on_unmapped(access == unicorn.UC_MEM_WRITE_UNMAPPED, address)
+        return False
+
 
 class _Run:
     """The state of one run of a block: current instruction, known registers, recorded bytes."""
@@ -322,6 +331,7 @@ class _Run:
         self.store_mismatches: list[tuple[int, int]] = []
         self.unrecorded: list[tuple[int, int]] = []
         self.failures: dict[int, str] = {}
+        self.explained = False  # the error unicorn is about to raise is an access outside the recording
         self.tainted: set[int] = set()
         self.states: list[dict[str, int]] | None = [] if trace else None
 
@@ -375,8 +385,9 @@ class _Run:
         if self.cur != i:
             self.start(i)
         self.tainted.add(i)
-        if self.cur_inputs_known:
+        if self.cur_inputs_known and not self.explained:
             self.failures[i] = str(exc)
+        self.explained = False
         self.finish_current()
         self.known -= self.code.flows[i].touches  # what it would have written is not known
         return self.code.pcs[i + 1] if i + 1 < self.stop else None
@@ -393,6 +404,20 @@ class _Run:
         data = bytes(recorded[address + k].pop(0) for k in range(size))
         self.remaining[i] -= size
         self.emu.place(address, data)
+
+    def on_unmapped(self, is_write: bool, address: int) -> None:
+        i = self.cur
+        if i is None:
+            return
+        self.tainted.add(i)
+        self.explained = True
+        flow = self.code.flows[i]
+        if not self.cur_inputs_known or flow.environment:
+            return
+        if not is_write:
+            self.unrecorded.append((i, address))
+        elif self.check_stores and not (flow.atomic or flow.store_unrecorded):
+            self.store_mismatches.append((i, address))
 
     def on_write(self, address: int, size: int, value: int) -> None:
         i = self.cur
@@ -475,6 +500,9 @@ class _PlainRun:
             if self.check_stores and recorded != byte and not self.flows[n].atomic:
                 self.store_mismatches.append((n, address))
                 return
+
+    def on_unmapped(self, is_write: bool, address: int) -> None:
+        self.surprised = True
 
     def unconsumed(self) -> bool:
         return any(self.loads.values()) or any(self.stores.values())

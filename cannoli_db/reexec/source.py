@@ -38,9 +38,10 @@ class Executions:
         self.tid = tid
         self.state: dict[int, dict[str, int]] | None = None   # tid -> registers at its latest block entry
 
-    def window(self, lo: int, hi: int, covering: bool = True) -> Iterator[Execution]:
+    def window(self, lo: int, hi: int, covering: bool = True, entries: bool = True) -> Iterator[Execution]:
         """Executions in order of position: those with an instruction in [lo, hi) (covering), or
-        those that start in [lo, hi)."""
+        those that start in [lo, hi).  entries=False: the caller has the entry registers (each
+        Execution's entry is then empty)."""
         params = {"lo": lo, "hi": hi, "tid": self.tid}
         first = f"greatest($lo::UBIGINT, {MAX_BLOCK_INSNS}) - {MAX_BLOCK_INSNS}" if covering else "$lo"
         rows = self.trace.sql(f"""
@@ -52,8 +53,11 @@ class Executions:
         if not rows:
             return
         start = rows[0][0]
-        self._start_state(start)
-        changes = self._changes(start, hi)
+        if entries:
+            self._start_state(start)
+        else:
+            self.state = {}
+        changes = self._changes(start, hi) if entries else {}
         accesses = self._accesses([r[0] for r in rows], max(r[0] + r[3] for r in rows))
         codes = self._codes({r[2] for r in rows})
         for idx, tid, block_id, icount, full in rows:
@@ -96,8 +100,12 @@ class Executions:
         return out
 
     def _codes(self, block_ids: set[int]) -> dict[int, Code]:
-        rows = self.trace.sql(BLOCK_CODE_SQL, {"ids": sorted(block_ids)}).rows
-        return {bid: self.emulator.code(bid, pc, code, sizes) for bid, pc, code, sizes in rows}
+        out = {bid: code for bid in block_ids if (code := self.emulator.cached(bid)) is not None}
+        missing = sorted(block_ids - out.keys())
+        if missing:
+            for bid, pc, code, sizes in self.trace.sql(BLOCK_CODE_SQL, {"ids": missing}).rows:
+                out[bid] = self.emulator.code(bid, pc, code, sizes)
+        return out
 
     def next_entry(self, tid: int, after: int, end: int) -> tuple[int, int, dict[str, int]] | None:
         """(idx, pc, registers) of the thread's first block entry at a position >= after, looking in
