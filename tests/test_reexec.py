@@ -161,12 +161,15 @@ def test_check_registers_refuses_a_trace_without_registers(recorded):
 _ids = itertools.count(1)
 
 
-def run_block(arch: str, code: bytes, sizes: list[int], entry: dict, accesses=(), stop=None, emu={}):
-    if arch not in emu:
-        emu[arch] = Emulator(ARCHES[arch])
-    e = emu[arch]
+_emulators: dict[str, Emulator] = {}
+
+
+def run_block(arch: str, code: bytes, sizes: list[int], entry: dict, accesses=(), stop=None, trace=False):
+    if arch not in _emulators:
+        _emulators[arch] = Emulator(ARCHES[arch])
+    e = _emulators[arch]
     block = e.code(next(_ids), 0x400000, code, sizes)
-    return e.run(block, dict(entry), list(accesses), len(sizes) if stop is None else stop)
+    return e.run(block, dict(entry), list(accesses), len(sizes) if stop is None else stop, trace=trace)
 
 
 X86_GPRS = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
@@ -208,11 +211,16 @@ def test_x86_straight_line_blocks_match_a_model_at_every_instruction(program, da
         sizes.append(len(insn))
     stop = data.draw(st.integers(0, len(program)))
     model = [X86_ENTRY[n] for n in X86_GPRS]
-    for op, d, s, imm in program[:stop]:
+    models = [list(model)]
+    for op, d, s, imm in program:
         model[d] = X86_OPS[op][1](model[d], model[s], imm) & MASK
+        models.append(list(model))
     out = run_block("x86_64", code, sizes, X86_ENTRY, stop=stop)
-    assert {n: out.registers[n] for n in X86_GPRS} == dict(zip(X86_GPRS, model))
+    assert {n: out.registers[n] for n in X86_GPRS} == dict(zip(X86_GPRS, models[stop]))
     assert "eflags" not in out.registers  # not recorded here (entry without it): unknown, not zero
+    # the watched run (replay, Tenet): the registers before every instruction
+    states = run_block("x86_64", code, sizes, X86_ENTRY, trace=True).states
+    assert [[regs[n] for n in X86_GPRS] for regs in states] == models[:-1]
 
 
 def a64_rrr(base: int, rd: int, rn: int, rm: int, shift: int = 0) -> int:
@@ -241,12 +249,16 @@ def test_aarch64_straight_line_blocks_match_a_model_at_every_instruction(program
     stop = data.draw(st.integers(0, len(program)))
     entry = {f"x{k}": 0x77 * (k + 1) for k in range(31)} | {"sp": 0x7000, "cpsr": 0x60000000}
     model = [entry[f"x{k}"] for k in range(29)]
-    for op, d, n, m, imm in program[:stop]:
+    models = [list(model)]
+    for op, d, n, m, imm in program:
         # operands are read before the destination is written (model[m] is the old value even if d == m)
         model[d] = A64_OPS[op][1](model[n], model[m], imm) & MASK
+        models.append(list(model))
     out = run_block("aarch64", code, [4] * len(words), entry, stop=stop)
-    assert [out.registers[f"x{k}"] for k in range(29)] == model
+    assert [out.registers[f"x{k}"] for k in range(29)] == models[stop]
     assert out.registers["cpsr"] == 0x60000000  # none of these set flags
+    states = run_block("aarch64", code, [4] * len(words), entry, trace=True).states
+    assert [[regs[f"x{k}"] for k in range(29)] for regs in states] == models[:-1]
 
 
 def test_registers_computed_from_an_unrecorded_register_are_absent():
