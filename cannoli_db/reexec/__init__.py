@@ -53,15 +53,16 @@ def registers_at(trace, idx: int) -> dict[str, int]:
 
 class RegisterChanges:
     """Register changes at each instruction of consecutive position windows (of one thread, or all):
-    {idx: ((name, value), ...)}, the registers whose known value before instruction idx differs from
-    the last value shown for that thread.  The first instruction of each thread shows every known
-    register.  Call `window` for increasing, non-overlapping windows."""
+    {idx: ((name, value), ...)}, the registers known before instruction idx whose value differs from
+    the one before the thread's previous instruction, or that were not known there.  The first
+    instruction of each thread shows every known register.  Call `window` for increasing,
+    non-overlapping windows."""
 
     def __init__(self, trace, tid: int | None = None):
         self.enabled = not trace.meta.get("regs_unavailable")  # QEMU 7.2 - 8.2: no registers at all
         self.emulator = emulator_for(trace) if self.enabled else None
         self.source = Executions(trace, self.emulator, tid)
-        self.shown: dict[int, dict[str, int]] = {}
+        self.previous: dict[int, dict[str, int]] = {}  # tid -> known registers before its latest instruction
 
     def window(self, lo: int, hi: int) -> dict[int, tuple[tuple[str, int], ...]]:
         out: dict[int, tuple[tuple[str, int], ...]] = {}
@@ -70,14 +71,16 @@ class RegisterChanges:
         for e in self.source.window(lo, hi):
             stop = min(e.icount, hi - e.idx)
             run = self.emulator.run(e.code, e.entry, e.accesses, stop, trace=True, check_stores=False)
-            shown = self.shown.setdefault(e.tid, {})
+            order = self.emulator.slot
+            previous = self.previous.get(e.tid)
             for n, regs in enumerate([*run.states, run.registers][:stop]):
-                if e.idx + n < lo:
-                    continue
-                changed = tuple((name, value) for name, value in regs.items() if shown.get(name) != value)
-                if changed:
-                    out[e.idx + n] = changed
-                    shown.update(changed)
+                if e.idx + n >= lo:
+                    changed = regs.items() - (previous.items() if previous is not None else ())
+                    if changed:
+                        out[e.idx + n] = tuple(sorted(changed, key=lambda item: order[item[0]]))
+                    previous = regs
+            if previous is not None:
+                self.previous[e.tid] = previous
         return out
 
 

@@ -64,15 +64,17 @@ class Flow:
 UNDECODED = Flow(frozenset({"?"}), frozenset(), frozenset(), True, "(bad)", flags_extra=None)
 
 
-def plain_known(flows: list[Flow], known: frozenset[str], stop: int) -> frozenset[str] | None:
-    """The known set after the first `stop` instructions if every one of them is plain and has known
-    inputs (then nothing needs watching while they run); else None."""
+def plain_known(flows: list[Flow], known: frozenset[str], stop: int) -> tuple[frozenset[str], ...] | None:
+    """The known sets before instructions 0 .. stop if every one of the first `stop` instructions is
+    plain and has known inputs (then nothing needs watching while they run); else None."""
     current = set(known)
+    out = [known]
     for flow in flows[:stop]:
         if not (flow.plain and flow.inputs_known(current)):
             return None
         current = flow.after(current, True)
-    return frozenset(current)
+        out.append(frozenset(current))
+    return tuple(out)
 
 
 def block_flows(a: Arch, cs: capstone.Cs, pc: int, code: bytes, sizes: list[int]) -> list[Flow]:

@@ -122,7 +122,8 @@ class Emulator:
         self.arch = a
         self._names = register_names(a)
         self._ids = [a.regs[n] for n in a.regs] + ([a.flags.uc_id] if a.flags else [])
-        self._slot = {name: k for k, name in enumerate(self._names)}
+        self._slot = self.slot = {name: k for k, name in enumerate(self._names)}
+        self._picks: dict[frozenset, tuple] = {}  # known set -> (names, slots) of the known GPRs
         self._cs = capstone.Cs(a.cs_arch, a.cs_mode)
         self._cs.detail = True
         self._thumb_cs = None
@@ -179,8 +180,8 @@ class Emulator:
         """Registers before instruction `stop` (0 <= stop <= icount) of this execution of the block,
         from its entry registers and its recorded accesses (instruction index, in order).
         check_stores=False where the trace has no memory accesses (--no-mem) to compare with."""
-        if not trace and stop > 0:
-            fast = self._run_plain(code, entry, accesses, stop, check_stores)
+        if stop > 0:
+            fast = self._run_plain(code, entry, accesses, stop, check_stores, trace)
             if fast is not None:
                 return fast
         snap: set[int] = set()
@@ -202,21 +203,25 @@ class Emulator:
             values[slot[a.flags.name]] = entry[a.flags.name] & a.flags.mask
         self._file.write(values)
 
-    def _run_plain(self, code: Code, entry, accesses, stop, check_stores) -> Outcome | None:
+    def _run_plain(self, code: Code, entry, accesses, stop, check_stores, trace) -> Outcome | None:
         """The common case, without a Python call per instruction: every instruction plain with known
-        inputs, loads matched byte by byte in program order.  None: anything unexpected happened
-        (the watched run does it again, and explains)."""
+        inputs, loads matched byte by byte in program order; with trace, one instruction per
+        emu_start.  None: anything unexpected happened (the watched run does it again, and explains)."""
         key = (frozenset(entry), stop)
-        known = code.plans.get(key, False)
-        if known is False:
-            known = code.plans[key] = plain_known(code.flows, frozenset(n for n in entry if n != "pc"), stop)
-        if known is None:
+        knowns = code.plans.get(key, False)
+        if knowns is False:
+            knowns = code.plans[key] = plain_known(code.flows, frozenset(n for n in entry if n != "pc"), stop)
+        if knowns is None:
             return None
         self._use(self._plain)
         self._prepare(code, entry, accesses)
         run = self._run = _PlainRun(self, code, accesses, check_stores)
+        states = [] if trace else None
         try:
-            self.uc.emu_start(code.pc | int(code.thumb), 0, count=stop)
+            for begin, count in ([(code.pcs[k], 1) for k in range(stop)] if trace else [(code.pc, stop)]):
+                if trace:
+                    states.append(_known_registers(self, code, entry, knowns[len(states)], len(states) - 1))
+                self.uc.emu_start(begin | int(code.thumb), 0, count=count)
         except unicorn.UcError:
             # only the last instruction leaves the block: an error outside it is the fetch at its target
             if (self.uc.reg_read(self.arch.pc) & ~int(code.thumb)) in code.index:
@@ -225,8 +230,8 @@ class Emulator:
             self._run = None
         if run.surprised or run.unconsumed():
             return None
-        out = Outcome(stop, _known_registers(self, code, entry, known, stop - 1),
-                      store_mismatches=run.store_mismatches)
+        out = Outcome(stop, _known_registers(self, code, entry, knowns[stop], stop - 1),
+                      store_mismatches=run.store_mismatches, states=states)
         if stop == len(code.flows):
             out.next_pc = self.uc.reg_read(self.arch.pc)
         return out
@@ -442,11 +447,17 @@ def _known_registers(emu: Emulator, code: Code, entry, known, last: int | None) 
     """The known recorded registers, as unicorn holds them now; the flags register with the bits
     unicorn does not compute from block entry (or from the last instruction, arches.Flags)."""
     a = emu.arch
-    values = emu.read_all()
-    out = {name: values[name] for name in a.regs if name in known}
+    values = emu._file.read()
+    pick = emu._picks.get(known) if isinstance(known, frozenset) else None
+    if pick is None:
+        names = [name for name in a.regs if name in known]
+        pick = (names, [emu.slot[name] for name in names])
+        if isinstance(known, frozenset):
+            emu._picks[known] = pick
+    out = dict(zip(pick[0], [values[k] for k in pick[1]]))
     flags = a.flags
     if flags and flags.name in known and flags.name in entry:
-        value = (entry[flags.name] & ~flags.mask) | (values[flags.name] & flags.mask)
+        value = (entry[flags.name] & ~flags.mask) | (values[emu.slot[flags.name]] & flags.mask)
         extra = code.flows[last].flags_extra if last is not None else KEEP
         if extra is None:
             return out  # unknown
