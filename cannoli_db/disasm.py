@@ -103,6 +103,10 @@ class Disassembler:
             self._blocks[block_id] = cached
         return cached
 
+    def is_thumb(self, pc: int, code: bytes, sizes: list[int]) -> bool:
+        """Is a 32-bit ARM block Thumb (the rule of capstone_for, for one block alone)?"""
+        return self._thumb is not None and self.thumb_of(pc, code, sizes) is not False
+
     @staticmethod
     def _reads_all(cs, pc: int, code: bytes, sizes: list[int]) -> bool:
         offset = 0

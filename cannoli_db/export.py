@@ -12,10 +12,10 @@ execution as a Tenet trace.
   Cartographer read it.
 * **tenet** -- one line per instruction of one thread: the pc register, the
   other registers where they changed, and the memory it read and wrote
-  (`rax=0x1,rip=0x401000,mr=0x7ffc1000:0a00,mw=...`).  Registers come from
-  the `regs` table: recorded at block entry (QEMU >= 9), so a line shows the
-  changes at the first instruction of each block; a trace from QEMU 7.2 has
-  only the pc.
+  (`rax=0x1,rip=0x401000,mr=0x7ffc1000:0a00,mw=...`).  Registers (QEMU >= 9)
+  are the ones known before each instruction (cannoli_db.reexec: the recorded
+  block-entry registers carried through the block by re-execution), shown where
+  they change; a trace from QEMU 7.2 has only the pc.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import duckdb
 from . import schema, tracedir
 from .errors import CannoliError
 from .query.database import connect
-from .replay import check_range, window_insns, window_mem, window_regs
+from .reexec import RegisterChanges
+from .replay import check_range, window_insns, window_mem
 
 WINDOW = 1 << 20  # positions per Tenet window
 
@@ -136,6 +137,7 @@ def export_tenet(trace, out: Path, tid: int | None = None) -> int:
     total = trace.end
     check_range(trace, 0, total, tid)
     written = 0
+    changes = RegisterChanges(trace, tid)
     tmp = out.with_name(f".{out.name}.tmp")
     with open(tmp, "w") as f:
         for lo in range(0, total, WINDOW):
@@ -147,7 +149,7 @@ def export_tenet(trace, out: Path, tid: int | None = None) -> int:
                     data = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little").hex()
                     accesses[idx] = accesses.get(idx, "") + f",{'mw' if is_write else 'mr'}={addr:#x}:{data}"
             changed = {idx: "".join(f"{name}={value:#x}," for name, value in regs)
-                       for idx, regs in window_regs(trace, lo, hi, tid).items()}
+                       for idx, regs in changes.window(lo, hi).items()}
             lines = [f"{changed.get(idx, '')}{register}={pc:#x}{accesses.get(idx, '')}\n"
                      for idx, _, pc, _, _ in window_insns(trace, lo, hi, tid)]
             f.writelines(lines)

@@ -3,21 +3,24 @@
 Each Step is one position: thread, pc, `symbol+offset`, its source
 `file:line` where the module's DWARF has one, the instruction as
 capstone reads the recorded bytes, the memory accesses it made (with values),
-the syscall it entered, and (QEMU >= 9 traces) the registers: all of them at
-the first step, then the ones that changed, at each block entry.  Steps are produced window by window
+the syscall it entered, and (QEMU >= 9 traces) the registers before it ran:
+all known ones at a thread's first step, then the ones that changed, at every
+instruction (cannoli_db.reexec re-executes each block from its recorded entry
+registers; unknown registers are left out).  Steps are produced window by window
 (WINDOW positions at a time) so a replay of any length runs in bounded memory.
 """
 
 from __future__ import annotations
 
 import posixpath
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
 
 from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
+from .reexec import RegisterChanges
 
 WINDOW = 1 << 16
 MAX_BLOCK_INSNS = 512  # the plugin's cap: an exec row covers at most this many positions
@@ -53,7 +56,7 @@ class Step:
     bytes: bytes
     mem: tuple[Access, ...] = field(default=())
     syscall: Syscall | None = None
-    regs: tuple[tuple[str, int], ...] = field(default=())  # (name, value) at this step's entry
+    regs: tuple[tuple[str, int], ...] = field(default=())  # (name, value) that changed before this step
     line: str | None = None  # source file:line of pc, where the module's DWARF says
 
     def as_dict(self) -> dict:
@@ -145,25 +148,9 @@ def steps(trace, start: int, end: int, tid: int | None = None) -> Iterator[Step]
 
 
 def _steps(trace, disasm: Disassembler, start: int, end: int, tid: int | None) -> Iterator[Step]:
-    first = True
+    changes = RegisterChanges(trace, tid)
     for lo in range(start, end, WINDOW):
-        for step in _window(trace, disasm, lo, min(end, lo + WINDOW), tid):
-            if first and not trace.meta.get("regs_unavailable"):
-                # the whole register state once, so later changes have a context
-                state = {r: v for r, v in trace.registers_at(step.idx).items() if r != "pc"}
-                step = replace(step, regs=tuple({**state, **dict(step.regs)}.items()))
-            first = False
-            yield step
-
-
-def window_regs(trace, lo: int, hi: int, tid: int | None) -> dict[int, tuple[tuple[str, int], ...]]:
-    """The register changes recorded at block entries in [lo, hi), by position."""
-    out: dict[int, list] = {}
-    for idx, reg, value in trace.sql("""
-            SELECT idx, reg, value FROM regs WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid)
-            ORDER BY idx, n""", {"lo": lo, "hi": hi, "tid": tid}).rows:
-        out.setdefault(idx, []).append((reg, value))
-    return {k: tuple(v) for k, v in out.items()}
+        yield from _window(trace, disasm, changes, lo, min(end, lo + WINDOW), tid)
 
 
 def window_insns(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
@@ -184,7 +171,8 @@ def window_mem(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
         {"lo": lo, "hi": hi, "tid": tid}).rows
 
 
-def _window(trace, disasm: Disassembler, lo: int, hi: int, tid: int | None) -> Iterator[Step]:
+def _window(trace, disasm: Disassembler, changes: RegisterChanges, lo: int, hi: int,
+            tid: int | None) -> Iterator[Step]:
     params = {"lo": lo, "hi": hi, "tid": tid}
     insns = window_insns(trace, lo, hi, tid)
     if not insns:
@@ -193,7 +181,7 @@ def _window(trace, disasm: Disassembler, lo: int, hi: int, tid: int | None) -> I
     calls = {r[0]: Syscall(r[1], r[2], tuple(r[3:9]), r[9], r[10]) for r in trace.sql("""
         SELECT idx, nr, name, arg0, arg1, arg2, arg3, arg4, arg5, ret, call FROM syscalls
         WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid)""", params).rows}
-    regs = window_regs(trace, lo, hi, tid)
+    regs = changes.window(lo, hi)
     texts, codes = _block_texts(trace, disasm, {r[3] for r in insns})
     pcs = np.fromiter((r[2] for r in insns), np.uint64, len(insns))
     unique, inverse = np.unique(pcs, return_inverse=True)

@@ -4,7 +4,7 @@
         t.sql("SELECT count(*) FROM mem WHERE is_write").rows
         t.who_wrote("counter", size=8)            # or an int address
         t.memory_at(120_000, 0x4c6f00, 16)        # bytes as known at a position
-        t.registers_at(120_000)                   # {"rax": ..., ..., "pc": ...} (QEMU >= 9)
+        t.registers_at(120_000)                   # {"rax": ..., ..., "pc": ...} before that instruction (QEMU >= 9)
         t.stack(120_000)                          # the call stack there, innermost frame first
 
 The database is opened read-only, the bulk tables are views over the Parquet
@@ -269,18 +269,19 @@ class Trace:
     # -- registers ---------------------------------------------------------
 
     def registers_at(self, idx: int) -> dict[str, int]:
-        """The registers of the thread that ran position idx, as recorded at the entry of the
-        block holding idx, and "pc": the pc of instruction idx itself.  Registers that the
-        thread never had recorded before that block are absent.  A trace from a QEMU without
+        """The registers of the thread that ran position idx, exactly as they were before instruction
+        idx ran, and "pc": its pc.  They come from the registers recorded at the entry of the block
+        holding idx, carried through the block's instructions before idx by re-executing them with
+        the recorded memory values (cannoli_db.reexec).  Registers that are unknown there (never
+        recorded, or computed from what was not recorded) are absent.  A trace from a QEMU without
         register access (7.2 - 8.2) raises a CannoliError saying why."""
+        from .. import reexec
+
         self._check_position(idx, "position")
         reason = self.meta.get("regs_unavailable")
         if reason:
             raise CannoliError(f"{self.path} has no registers: {reason}")
-        rows = self.query("registers_at", at=idx).dicts()
-        if not rows:
-            raise CannoliError(f"no instruction ran at position {idx}")
-        return {r["reg"]: r["value"] for r in rows}
+        return reexec.registers_at(self, idx)
 
     # -- calls ---------------------------------------------------------------
 

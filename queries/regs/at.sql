@@ -1,5 +1,5 @@
 -- name: registers_at
--- purpose: The registers of the thread running a position, as recorded at the entry of the block that holds it (QEMU >= 9.0 traces; see meta.regs_unavailable otherwise), plus that instruction's own pc.
+-- purpose: The registers of the thread running a position at the ENTRY of the block that holds it, as recorded (QEMU >= 9.0 traces; see meta.regs_unavailable otherwise), plus that instruction's own pc. Trace.registers_at re-executes the block from these for the exact values at the position (docs/reexec.md).
 -- param at: integer            a position (idx)
 -- columns: tid, n, reg, value, block_start, set_at
 --   tid: the thread that ran position at; n/reg: register number and name
