@@ -77,7 +77,7 @@ def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, obje
                 count = index.sql(f"SELECT count(*) FROM {table}").rows[0][0]
             facts.append((f"rows in {table}", int(count or 0)))
         facts.append(("registers", index.meta.get("regs_unavailable") or _registers_recorded(index)))
-        from .reexec.check import load as registers_check
+        from ..reexec.check import load as registers_check
 
         facts.append(("registers checked", registers_check(trace) or f"never; run: cannoli check-registers {trace}"))
     else:
