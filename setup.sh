@@ -2,7 +2,8 @@
 # Set up Cannoli DB on a fresh Debian/Ubuntu machine and record the bundled
 # example.  Installs only what is missing: system packages with apt-get (QEMU
 # user-mode emulation, a C compiler, libc and capstone headers, Python venv support,
-# cross compilers for the foreign-architecture tests, Java for the Spark test),
+# cross compilers for the foreign-architecture tests, Java for the Spark test,
+# gdb and gdb-multiarch for the gdbserver tests),
 # then the Python package into .venv.  Safe to run again.
 #
 #   --qemu10   also build QEMU 10 from Debian 13's source with qemu_patches/
@@ -21,7 +22,7 @@ done
 APT_PACKAGES=(qemu-user gcc libc6-dev libcapstone-dev python3-venv
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
     gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-mipsel-linux-gnu libc6-dev-mipsel-cross
-    default-jre-headless)
+    default-jre-headless gdb gdb-multiarch)
 # what `cannoli setup-qemu` runs to fetch, patch and build QEMU 10
 QEMU10_PACKAGES=(libglib2.0-dev flex bison ninja-build pkg-config dpkg-dev patch debian-archive-keyring)
 if [ "$QEMU10" -eq 1 ]; then
