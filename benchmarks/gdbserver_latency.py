@@ -8,7 +8,8 @@ on a warm connection and times each answer, split into the part spent in
 
 * `c` from position 0 to a breakpoint that is hit once, at the end (printf);
 * `bc` from the end to a breakpoint hit once, near the start (main);
-* `c` / `bc` to a write watchpoint on the table slot written last;
+* `c` from 1 % of the way with a breakpoint that never hits again: a search to the end;
+* `c` from position 0 and `bc` from the end to a write watchpoint on the table slot written last;
 * `s` and `bs` (stepi / reverse-stepi) at the start, the middle and the end.
 
 Targets (issue 16): continue to a breakpoint or watchpoint < 1 s; stepi and
@@ -81,10 +82,13 @@ def measure(trace: Path, steps: int) -> None:
         session.handle(f"z0,{address['printf']:x},1".encode())
         rows.append(("bc to a breakpoint near the start", answer_after(session, f"Z0,{address['main']:x},1", "bc")))
         session.handle(f"z0,{address['main']:x},1".encode())
+        session = Session.open(h, h.end // 100)
+        rows.append(("c past a breakpoint that never hits again", answer_after(session, f"Z0,{address['main']:x},1", "c")))
+        session.handle(f"z0,{address['main']:x},1".encode())
+        session = Session.open(h)
         rows.append(("c to a write watchpoint", answer_after(session, f"Z2,{slot:x},8", "c")))
-        session.handle(b"c")  # on to the end
-        rows.append(("bc to a write watchpoint", answer(session, "bc")))
-        session.handle(f"z2,{slot:x},8".encode())
+        session = Session.open(h, h.end - 1)
+        rows.append(("bc from the end to a write watchpoint", answer_after(session, f"Z2,{slot:x},8", "bc")))
         for where, at in (("start", 0), ("middle", h.end // 2), ("end", h.end - 2 * steps - 2)):
             session = Session.open(h, at)
             forward = [answer(session, "s") for _ in range(steps)]

@@ -12,7 +12,6 @@ stop at function entries.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
@@ -64,7 +63,7 @@ def run_gdb(arch: str, program: Path, trace: Path, *commands: str, target: str |
     for command in [*setup, target or f"target remote | {server}", *commands]:
         args += ["-ex", command]
     proc = subprocess.run([*args, str(program)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=600)
+                          timeout=180)
     assert "Traceback" not in proc.stdout, proc.stdout
     return proc.stdout
 
