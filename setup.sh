@@ -4,7 +4,8 @@
 # user-mode emulation, a C compiler, libc and capstone headers, Python venv support,
 # cross compilers for the foreign-architecture tests, Java for the Spark test,
 # libc's separate debug file (libc6-dbg: names and source lines inside libc) and
-# the references the symbol tests compare with: gdb, binutils, Debian's xz),
+# the references the symbol tests compare with: gdb, binutils, Debian's xz;
+# gdb-multiarch for the aarch64 gdbserver tests),
 # then the Python package into .venv.  Safe to run again.
 #
 #   --qemu10   also build QEMU 10 from Debian 13's source with qemu_patches/
@@ -26,7 +27,7 @@ done
 APT_PACKAGES=(qemu-user gcc libc6-dev libcapstone-dev python3-venv
     gcc-aarch64-linux-gnu libc6-dev-arm64-cross gcc-riscv64-linux-gnu libc6-dev-riscv64-cross
     gcc-arm-linux-gnueabihf libc6-dev-armhf-cross gcc-mipsel-linux-gnu libc6-dev-mipsel-cross
-    default-jre-headless libc6-dbg gdb binutils xz-utils
+    default-jre-headless libc6-dbg gdb gdb-multiarch binutils xz-utils
     strace)  # strace: the reference of tests/test_strace_render.py
 # what `cannoli setup-qemu` runs to fetch, patch and build QEMU 10
 QEMU10_PACKAGES=(libglib2.0-dev flex bison ninja-build pkg-config dpkg-dev patch debian-archive-keyring)

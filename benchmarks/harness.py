@@ -32,7 +32,7 @@ def build(source: Path, work: Path, opt: str = "-O2") -> Path:
     return exe
 
 
-def record(exe: Path, args: list[str], trace: Path, index: bool, options=()) -> None:
+def record(exe: Path, args: list[str], trace: Path, index: bool, options: tuple[str, ...] = ()) -> None:
     options = ["--force", "-o", str(trace), *options] + ([] if index else ["--no-index"])
     subprocess.run([*CANNOLI, "record", *options, str(exe), *args], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -388,6 +388,35 @@ def memory(trace, address, length, at, fmt):
         click.echo(hexdump(image.addr, image.values))
 
 
+@cli.command()
+@click.argument("trace", type=click.Path(path_type=Path))
+@click.option("--listen", metavar="HOST:PORT",
+              help="Serve one gdb over TCP (e.g. 127.0.0.1:2345) instead of stdin/stdout.")
+@click.option("--at", "at", type=click.IntRange(0), metavar="IDX", help="Start at this position (default: 0).")
+@click.option("--tid", type=int, help="Start in this thread (default: the one that runs the start position).")
+@click.option("-v", "--verbose", is_flag=True, help="Log every packet to stderr.")
+def gdbserver(trace, listen, at, tid, verbose):
+    """Debug a recording with gdb: a GDB remote-protocol server over TRACE.
+
+    Breakpoints, watchpoints, stepping and continuing work in both directions
+    (reverse-continue, reverse-stepi, ...); memory and registers are those the
+    recording holds, and writes are refused.
+
+    Example: gdb -ex 'target remote | cannoli gdbserver app.cannoli' ./app
+    """
+    from .debug.history import History
+    from .debug.server import Session, log_to_stderr, parse_listen, serve_stdio, serve_tcp
+
+    address = parse_listen(listen) if listen else None
+    log = log_to_stderr if verbose else None
+    with _open(trace) as t:
+        session = Session.open(History(t), at, tid)
+        if address is None:
+            serve_stdio(session, log)
+        else:
+            serve_tcp(session, *address, lambda line: click.echo(line, err=True), log)
+
+
 @cli.command("setup-qemu")
 @click.option("--targets", default="x86_64,aarch64", show_default=True, metavar="LIST",
               help="Comma-separated QEMU linux-user targets to build.")

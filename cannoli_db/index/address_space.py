@@ -69,6 +69,15 @@ class ElfImage:
         return max(page_up(v + m) for v, m, _, _ in self.loads)
 
 
+def host_path(sysroot: str | None, guest_path: str) -> str:
+    """Where this machine reads a file the guest named: under the sysroot first, if it is there."""
+    if sysroot and guest_path.startswith("/"):
+        candidate = os.path.join(sysroot, guest_path.lstrip("/"))
+        if os.path.exists(candidate):
+            return candidate
+    return guest_path
+
+
 def read_elf(path: str) -> ElfImage | None:
     """The ELF image at `path`, or None if it is missing or not an ELF file."""
     try:
