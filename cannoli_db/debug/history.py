@@ -4,7 +4,7 @@
 gdb server asks (where a thread goes next, where a pc runs, who touches an
 address, what memory and registers held, which files are loaded) is one
 method here, with no protocol in it.  The methods are written on today's
-public API (`Trace.sql` over `exec`, `block_insns`, `mem_by_addr`,
+public API (`Trace.sql` over `exec`, `block_insns`, the store's indexes,
 `threads`, `modules`, `mmaps`; `Trace.memory_at`, `Trace.registers_at`) so
 that another store can re-implement them one by one.
 
@@ -28,10 +28,12 @@ from typing import Iterable
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from ..address_space import host_path
+import numpy as np
+
 from ..errors import CannoliError
+from ..query import Trace, window
 from ..replay import MAX_BLOCK_INSNS
-from ..trace import Trace
+from ..symbols import host_path
 
 FIRST_WINDOW = 1 << 14  # positions searched by the first query of a search
 GROWTH = 8              # each further window is this many times larger
@@ -96,7 +98,6 @@ class Module:
 class History:
     def __init__(self, trace: Trace, pid: int | None = None):
         self.trace = trace
-        trace.sql("SET enable_progress_bar = false")  # DuckDB draws it on stdout, where gdb's packets go
         self.end = int(trace.meta.get("index_instructions") or 0)
         self.arch = trace.meta.get("arch") or "x86_64"
         rows = trace.sql("SELECT tid, pid, first_idx, last_idx, exited FROM threads "
@@ -167,30 +168,45 @@ class History:
     def next_execution(self, pcs: Iterable[int], at: int, tid: int | None = None) -> int | None:
         """The first position >= at where an instruction at one of the addresses pcs runs (in thread
         tid, or any thread of the process), or None if none does before the end."""
-        sites = self._sites(frozenset(pcs))
-        if not sites[0]:
-            return None
-        sql = f"""SELECT min(e.idx + s.n) FROM exec e
-                  JOIN (SELECT unnest($blocks::UINTEGER[]) AS block_id, unnest($ns::USMALLINT[]) AS n) s
-                    ON s.block_id = e.block_id AND s.n < e.icount
-                  WHERE e.idx >= $lo AND e.idx < $hi AND e.idx + s.n >= $at::UBIGINT
-                        {self._thread_filter(tid, "e.")}"""
-        params = {"blocks": sites[0], "ns": sites[1], "at": at, **self._tid_param(tid)}
-        return self._forward(sql, params, max(at - MAX_BLOCK_INSNS + 1, 0), self.end)
+        return self._execution(frozenset(pcs), at, True, tid)
 
     def prev_execution(self, pcs: Iterable[int], before: int, tid: int | None = None) -> int | None:
         """The last position < before where an instruction at one of the addresses pcs ran (in thread
         tid, or any thread of the process), or None if none did since position 0."""
-        sites = self._sites(frozenset(pcs))
-        if not sites[0]:
+        return self._execution(frozenset(pcs), before, False, tid)
+
+    def _execution(self, pcs: frozenset[int], edge: int, forward: bool, tid: int | None) -> int | None:
+        """Through the store's block index (exec_blocks): the packets that ran a block holding one of
+        pcs, nearest first, read until none left can hold a nearer execution."""
+        blocks, ns = self._sites(pcs)
+        if not blocks:
             return None
-        sql = f"""SELECT max(e.idx + s.n) FROM exec e
-                  JOIN (SELECT unnest($blocks::UINTEGER[]) AS block_id, unnest($ns::USMALLINT[]) AS n) s
-                    ON s.block_id = e.block_id AND s.n < e.icount
-                  WHERE e.idx >= $lo AND e.idx < $hi AND e.idx + s.n < $before::UBIGINT
-                        {self._thread_filter(tid, "e.")}"""
-        params = {"blocks": sites[0], "ns": sites[1], "before": before, **self._tid_param(tid)}
-        return self._backward(sql, params, 0, min(before, self.end))
+        reach = MAX_BLOCK_INSNS - 1  # an execution starting up to this far before reaches a position
+        where, order = ((f"idx_last + {reach} >= $edge", "idx_first") if forward else
+                        ("idx_first < $edge", "idx_last DESC"))
+        cands = self.trace.sql(f"""SELECT part, row_first, row_last, idx_first, idx_last FROM exec_blocks
+                                   WHERE list_contains($blocks::UINTEGER[], block_id) AND {where}
+                                   ORDER BY {order}""", {"blocks": blocks, "edge": edge}).rows
+        offsets = {}
+        for b, n in zip(blocks, ns):
+            offsets.setdefault(b, []).append(n)
+        tids = None if tid is None and not self._own else np.array(sorted({tid} if tid is not None else
+                                                                            self._threads), np.uint32)
+        best = None
+        for k, (part, first, last, _, _) in enumerate(cands):
+            t = self.trace.parts.rows("exec", part, first, last, ["idx", "tid", "block_id", "icount"])
+            idx, thread, block, icount = (t[c].to_numpy() for c in ("idx", "tid", "block_id", "icount"))
+            keep = np.isin(block, blocks) & (np.ones(len(idx), bool) if tids is None else np.isin(thread, tids))
+            for i in np.flatnonzero(keep):
+                for n in offsets[int(block[i])]:
+                    pos = int(idx[i]) + n
+                    if n < icount[i] and (pos >= edge if forward else pos < edge):
+                        best = pos if best is None or (pos < best if forward else pos > best) else best
+            if best is not None and k + 1 < len(cands):
+                nxt = cands[k + 1]
+                if (best < nxt[3]) if forward else (best > nxt[4] + reach):
+                    break
+        return best
 
     def _sites(self, pcs: frozenset[int]) -> tuple[list[int], list[int]]:
         """(block ids, instruction indexes) of every translated block that holds one of pcs."""
@@ -208,25 +224,23 @@ class History:
         """The first recorded access at a position >= at that touches a byte of [addr, addr + size)
         and is of `kind` (write, read or any), or None.  Accesses of one instruction come in address
         order."""
-        return self._access(addr, size, kind, f"idx >= {int(at)}", "idx, addr", tid)
+        return self._access(addr, size, kind, int(at), True, tid)
 
     def prev_access(self, addr: int, size: int, kind: str, before: int, tid: int | None = None) -> Access | None:
         """The last recorded access at a position < before that touches [addr, addr + size) and is of
         `kind`, or None."""
-        return self._access(addr, size, kind, f"idx < {int(before)}", "idx DESC, addr DESC", tid)
+        return self._access(addr, size, kind, int(before), False, tid)
 
-    def _access(self, addr: int, size: int, kind: str, when: str, order: str, tid: int | None) -> Access | None:
+    def _access(self, addr: int, size: int, kind: str, edge: int, forward: bool, tid: int | None) -> Access | None:
         if kind not in KINDS:
             raise ValueError(f"access kind {kind!r} is not one of {KINDS}")
         if not self.trace.meta.get("record_mem", True) or size < 1 or addr + size > 1 << 64:
             return None
-        is_write = {"write": " AND is_write", "read": " AND NOT is_write", "any": ""}[kind]
-        rows = self.trace.sql(f"""
-            SELECT idx, tid, pc, addr, size, is_write FROM mem_by_addr
-            WHERE addr BETWEEN greatest($a::UBIGINT, 7) - 7 AND $a::UBIGINT + ($n - 1)
-              AND addr + size > $a::UBIGINT AND {when}{is_write}{self._thread_filter(tid)}
-            ORDER BY {order} LIMIT 1""", {"a": addr, "n": size, **self._tid_param(tid)}).rows
-        return Access(*rows[0]) if rows else None
+        tids = {tid} if tid is not None else (set(self._threads) if self._own else None)
+        find = window.first_after if forward else window.last_before
+        row = find(self.trace._con, self.trace.parts, addr, addr + size - 1, edge, kind, tids)
+        return None if row is None else Access(row["idx"], row["tid"], row["pc"], row["addr"], row["size"],
+                                               row["is_write"])
 
     # -- state at a position --------------------------------------------------
 
@@ -267,7 +281,7 @@ class History:
                                                     AND x.path = m.path AND x.start = m.start) AS loaded_at
             FROM modules m WHERE m.pid = $pid ORDER BY m.start""", {"pid": self.pid}).rows
         sysroot = self.trace.meta.get("sysroot")
-        return tuple(_module(path, host_path(sysroot, path), kind, start, end, bias, loaded_at)
+        return tuple(_module(path, host_path(path, sysroot), kind, start, end, bias, loaded_at)
                      for path, kind, start, end, bias, loaded_at in rows)
 
     def modules_at(self, idx: int) -> tuple[Module, ...]:

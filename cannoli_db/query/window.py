@@ -131,3 +131,51 @@ def earliest(con, parts, lo: int, hi: int, start: int, end: int | None, reads_on
             if idx[limit - 1] < cands[k + BATCH][3]:
                 break
     return pa.concat_tables(rows) if rows else _empty()
+
+
+def _kind_lines(kind: str) -> str:
+    return {"write": "p.written_lines", "read": "p.read_lines", "any": "p.written_lines | p.read_lines"}[kind]
+
+
+def _kind_keep(kind: str, t: pa.Table) -> np.ndarray:
+    write = t.column("is_write").to_numpy(zero_copy_only=False)
+    return {"write": write, "read": ~write, "any": np.ones(len(write), bool)}[kind]
+
+
+def first_after(con, parts, lo: int, hi: int, at: int, kind: str, tids=None) -> dict | None:
+    """The first access of `kind` (write, read, any) touching [lo, hi] at a position >= at
+    (of one of `tids`, if given): a row of `mem` as a dict, or None.  Accesses of one
+    instruction come in address order."""
+    cands = _candidates(con, lo, hi, _kind_lines(kind), "p.idx_last >= $at", "p.idx_first", {"at": at})
+    best = None
+    for k in range(0, len(cands), BATCH):
+        got = _read(parts, cands[k: k + BATCH], lo, hi, lambda t: _kind_keep(kind, t) & _tid_ok(t, tids)
+                    & (t.column("idx").to_numpy() >= at))
+        if got is not None:
+            row = min(got.to_pylist(), key=lambda r: (r["idx"], r["addr"]))
+            best = row if best is None or (row["idx"], row["addr"]) < (best["idx"], best["addr"]) else best
+        if best is not None and (k + BATCH >= len(cands) or best["idx"] < cands[k + BATCH][3]):
+            return best
+    return best
+
+
+def last_before(con, parts, lo: int, hi: int, before: int, kind: str, tids=None) -> dict | None:
+    """The last access of `kind` touching [lo, hi] at a position < before, or None."""
+    cands = _candidates(con, lo, hi, _kind_lines(kind), "p.idx_first < $before", "p.idx_last DESC",
+                        {"before": before})
+    best = None
+    for k in range(0, len(cands), BATCH):
+        got = _read(parts, cands[k: k + BATCH], lo, hi, lambda t: _kind_keep(kind, t) & _tid_ok(t, tids)
+                    & (t.column("idx").to_numpy() < before))
+        if got is not None:
+            row = max(got.to_pylist(), key=lambda r: (r["idx"], r["addr"]))
+            best = row if best is None or (row["idx"], row["addr"]) > (best["idx"], best["addr"]) else best
+        if best is not None and (k + BATCH >= len(cands) or best["idx"] > cands[k + BATCH][4]):
+            return best
+    return best
+
+
+def _tid_ok(t: pa.Table, tids) -> np.ndarray:
+    if tids is None:
+        return np.ones(t.num_rows, bool)
+    return np.isin(t.column("tid").to_numpy(), np.asarray(sorted(tids), np.uint32))
