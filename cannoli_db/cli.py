@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import click
-import duckdb
 
 from . import __version__, paths
 from .output import output_options, write_rows
@@ -26,7 +25,9 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except CannoliError as exc:
             raise click.ClickException(str(exc)) from None
-        except duckdb.Error as exc:
+        except Exception as exc:
+            if not _is_duckdb_error(exc):
+                raise
             # damage DuckDB finds only while reading (a checksum, a short file)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise click.ClickException(f"a trace database is damaged ({first}); "
@@ -37,6 +38,11 @@ class _Group(click.Group):
             raise click.exceptions.Exit(130) from None
 
 
+def _is_duckdb_error(exc: Exception) -> bool:
+    duckdb = sys.modules.get("duckdb")  # only a command that loaded DuckDB can raise its errors
+    return duckdb is not None and isinstance(exc, duckdb.Error)
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="cannoli")
 def cli():
@@ -44,6 +50,26 @@ def cli():
 
     Example: cannoli record ./app --flag && cannoli info app.cannoli
     """
+
+
+class _Size(click.ParamType):
+    """A size in bytes: 1000, 64K, 500M, 1.5G (powers of 1024; a trailing B or iB is allowed)."""
+
+    name = "size"
+    UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in self.UNITS and text[-1:] else ""
+        try:
+            number = float(text[: len(text) - len(unit)])
+        except ValueError:
+            number = -1.0
+        if not number > 0:
+            self.fail(f"{value!r} is not a size: write e.g. 500M or 20G", param, ctx)
+        return int(number * self.UNITS[unit])
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -65,10 +91,16 @@ def cli():
               help="Extra QEMU argument, placed before the program (repeatable), e.g. --qemu-option=-cpu --qemu-option=max.")
 @click.option("--ring-lanes", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Per-thread buffers in the shared ring (about 3.3 MiB each); raise for programs with many threads.")
+@click.option("--max-size", type=_Size(), metavar="SIZE",
+              help="Stop the recording cleanly once its chunks reach SIZE (e.g. 500M, 20G): the guest is stopped "
+                   "and the trace, valid, is marked incomplete. A recording also stops when less than 256 MiB "
+                   "are left free on the trace's file system.")
+@click.option("--progress/--no-progress", default=None,
+              help="A live line on stderr while recording (default: when stderr is a terminal).")
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroot, force, qemu_options, ring_lanes,
-           program, args):
+           max_size, progress, program, args):
     """Run PROGRAM under QEMU and record everything it does.
 
     Options go before PROGRAM; everything after PROGRAM is passed to it unchanged.
@@ -86,8 +118,8 @@ def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroo
         paths.input_dir(sysroot, f"-L {sysroot}", hint="give the sysroot of the program's libraries")
     opts = RecordOptions(program=program, args=list(args), out_dir=out_dir, record_mem=not no_mem,
                          record_regs=record_regs, regs_check=regs_check, qemu=qemu_path, sysroot=sysroot,
-                         force=force, n_lanes=ring_lanes,
-                         qemu_options=list(qemu_options))
+                         force=force, n_lanes=ring_lanes, qemu_options=list(qemu_options), max_size=max_size,
+                         progress=progress)
     result = do_record(opts)
     click.echo(summary(result), err=True)
     if not no_index:

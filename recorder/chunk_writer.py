@@ -45,6 +45,7 @@ class ChunkWriter:
         self._totals = np.zeros(3, np.int64)  # exec, mem, event records of the batch
         self._packets = 0
         self.next_seq = 0
+        self.chunks_started = 0     # batches handed to a worker
         self.bytes_written = 0
         self.raw_bytes = 0
         self.chunks = 0
@@ -81,6 +82,7 @@ class ChunkWriter:
         self._side_used = self._heavy_used = self._packets = 0
         self._totals[:] = 0
         seq, self.next_seq = self.next_seq, self.next_seq + 1
+        self.chunks_started += 1
         self._pending.append(self._pool.submit(self._write_chunk, seq, *batch))
         while len(self._pending) > self.max_pending:
             self._collect(self._pending.popleft())
@@ -92,10 +94,12 @@ class ChunkWriter:
         self.raw_bytes += raw
         self.chunks += 1
 
-    def close(self) -> None:
-        """Write what is batched and wait for every chunk; re-raises a worker's error."""
+    def close(self, drop_batch: bool = False) -> None:
+        """Write what is batched (unless drop_batch) and wait for every chunk;
+        re-raises a worker's error."""
         try:
-            self.flush()
+            if not drop_batch:
+                self.flush()
             while self._pending:
                 self._collect(self._pending.popleft())
         finally:

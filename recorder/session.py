@@ -9,6 +9,7 @@ status is returned unchanged (128 + signal when it died of a signal).
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -25,10 +26,13 @@ from cannoli_db.errors import CannoliError
 
 from . import layout_log
 from .chunk_writer import ChunkWriter
+from .live import LiveLine
 from .ring import Ring, ring_header
 from .stream_stats import StreamStats
 
 DRAIN_IDLE_SLEEP = 0.0005
+# bytes the recording leaves free on the trace's file system (at most 5% of it)
+FREE_MARGIN = 256 << 20
 
 
 @dataclass
@@ -45,6 +49,8 @@ class RecordOptions:
     n_lanes: int = 32
     qemu_options: list[str] = field(default_factory=list)
     zstd_level: int = 1
+    max_size: int | None = None  # bytes of chunks: the recording stops cleanly there
+    progress: bool | None = None  # a live line on stderr (None: when stderr is a terminal)
 
 
 @dataclass
@@ -63,6 +69,7 @@ class RecordResult:
     interrupted: bool
     producer_waits: int
     meta: dict
+    stopped: str | None = None  # why the recorder stopped the guest (a limit), if it did
 
 
 def _now() -> str:
@@ -175,7 +182,9 @@ def record(opts: RecordOptions) -> RecordResult:
             except OSError as exc:
                 raise CannoliError(f"cannot start {qemu.path}: {exc.strerror}") from None
             interrupts.proc = proc
-            error = _drain(ring, proc, writer, stats)
+            limits = _Limits(trace_dir, opts.max_size)
+            with LiveLine(opts.progress, ring, stats, writer, started) as live:
+                error = _drain(ring, proc, writer, stats, limits, live)
             returncode = proc.wait()
             meta["initial_layout"] = _take_layout(trace_dir)
             wall = time.monotonic() - started
@@ -198,7 +207,8 @@ def record(opts: RecordOptions) -> RecordResult:
         raise CannoliError(f"recording stopped: {error}; the chunks written so far in {trace_dir} are valid")
     if drawn != header["next_idx"]:
         meta["positions_lost"] = header["next_idx"] - drawn
-    return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0)
+    return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0,
+                   limits.stopped)
 
 
 def _with_settings(opts: RecordOptions, arch: str) -> RecordOptions:
@@ -231,15 +241,48 @@ def _take_layout(trace_dir: Path) -> dict | None:
     return layout
 
 
-def _drain(ring: Ring, proc: subprocess.Popen, writer: ChunkWriter, stats: StreamStats) -> Exception | None:
+@dataclass
+class _Limits:
+    """When the recorder stops the guest: at --max-size bytes of chunks, or when
+    the trace's file system has less than FREE_MARGIN bytes left."""
+
+    trace_dir: Path
+    max_size: int | None
+    stopped: str | None = None
+
+    def reached(self, written: int) -> bool:
+        if self.max_size is not None and written >= self.max_size:
+            self.stopped = f"max size reached (--max-size {_size(self.max_size)})"
+        else:
+            usage = shutil.disk_usage(self.trace_dir)
+            margin = min(FREE_MARGIN, usage.total // 20)
+            if usage.free < margin:
+                self.stopped = (f"disk space: {_size(usage.free)} left on the trace's file system "
+                                f"(the recording keeps {_size(margin)} free)")
+        return self.stopped is not None
+
+    def disk_full(self, exc: OSError) -> bool:
+        """A chunk could not be written for want of space: a stop like the margin's."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.stopped = f"disk space: {exc.strerror} while writing a chunk"
+        return self.stopped is not None
+
+
+def _drain(ring: Ring, proc: subprocess.Popen, writer: ChunkWriter, stats: StreamStats, limits: _Limits,
+           live: LiveLine) -> Exception | None:
     """Move packets from the ring to chunk files until QEMU exits, then salvage.
-    Returns the error that stopped writing (e.g. disk full), if any."""
+    Returns the error that stopped writing (e.g. disk full), if any.  At a limit
+    the guest is stopped, and what it had not handed over is left out: the
+    chunks written so far stay valid."""
 
     def keep(room, side: int, heavy: int) -> int:
         if side:
             view, _, _ = split_view(room[0], room[1], room[2], room[3])
             stats.add(view)
+            chunks = writer.chunks_started
             writer.commit(side, heavy, view.counts)
+            if writer.chunks_started != chunks and limits.reached(writer.bytes_written):
+                raise _Stop
         return side
 
     def take() -> int:
@@ -253,19 +296,40 @@ def _drain(ring: Ring, proc: subprocess.Popen, writer: ChunkWriter, stats: Strea
     try:
         while True:
             if take():
+                live.update()
                 continue
             if proc.poll() is not None:
                 break
+            live.update()
             time.sleep(DRAIN_IDLE_SLEEP)
         while take():
             pass
         ring.salvage(salvage_room)
         writer.close()
+    except _Stop:
+        ring.stop_producers()
+        proc.kill()
+        return _close_after_stop(writer, limits)
     except OSError as exc:
         ring.stop_producers()
         proc.kill()
-        return exc
+        return _close_after_stop(writer, limits) if limits.disk_full(exc) else exc
     return None
+
+
+def _close_after_stop(writer: ChunkWriter, limits: _Limits) -> OSError | None:
+    """Wait for the chunks being written; one that fails for want of space is
+    left out (never partial), other errors are errors."""
+    try:
+        writer.close(drop_batch=True)
+    except OSError as exc:
+        if not limits.disk_full(exc):
+            return exc
+    return None
+
+
+class _Stop(Exception):
+    """A limit was reached: stop the guest."""
 
 
 def _abandon(trace_dir: Path, meta: dict, writer: ChunkWriter) -> None:
@@ -284,19 +348,20 @@ def _abandon(trace_dir: Path, meta: dict, writer: ChunkWriter) -> None:
 
 
 def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: StreamStats, instructions: int,
-            writer: ChunkWriter, header: dict, interrupted: bool) -> RecordResult:
+            writer: ChunkWriter, header: dict, interrupted: bool, stopped: str | None) -> RecordResult:
     sig = -returncode if returncode < 0 else None
     status = 128 + sig if sig else returncode
     # SIGKILL stops QEMU's threads wherever they are, not at an instruction
     # boundary QEMU chose: their last blocks are cut at unknown points
-    killed = sig == signal.SIGKILL and not interrupted
+    killed = sig == signal.SIGKILL and not interrupted and not stopped
     arch = header["target"].decode(errors="replace")
     execs = {nr for nr, name in syscall_tables.names(arch).items() if name in ("execve", "execveat")}
     meta.update(
         left_by_exec=stats.left_by_exec(execs),
-        complete=not interrupted and not killed,
-        incomplete_reason="QEMU was killed with SIGKILL; each thread's last block is cut where the "
-                          "kill found it" if killed else None,
+        complete=not interrupted and not killed and not stopped,
+        incomplete_reason=stopped or ("QEMU was killed with SIGKILL; each thread's last block is cut where the "
+                                      "kill found it" if killed else None),
+        stopped=stopped,
         interrupted=interrupted,
         end_time=_now(),
         wall_time_s=round(wall, 6),
@@ -339,6 +404,7 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
         interrupted=interrupted,
         producer_waits=header["producer_waits"],
         meta=meta,
+        stopped=stopped,
     )
 
 
@@ -347,7 +413,9 @@ def summary(result: RecordResult) -> str:
     per_insn = result.bytes_on_disk / result.instructions if result.instructions else 0.0
     name = result.meta.get("exit_signal_name") or f"signal {result.signal}"
     how = f"was killed by {name}" if result.signal else f"exited with status {result.exit_status}"
-    if result.interrupted:
+    if result.stopped:
+        how = f"was stopped by the recorder ({result.stopped}; the trace is valid and marked incomplete)"
+    elif result.interrupted:
         how += " after an interrupt (trace marked interrupted)"
     elif result.meta.get("incomplete_reason"):
         how += f" (trace marked incomplete: {result.meta['incomplete_reason']})"

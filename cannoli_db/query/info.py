@@ -69,7 +69,7 @@ def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, obje
         facts.append(("bytes per instruction", round(counts["bytes_on_disk"] / counts["instructions"], 4)))
     if index is not None:
         facts.append(("index", "complete" if index.meta.get("index_complete") else
-                      f"INCOMPLETE: {index.meta.get('index_problem') or 'the recording did not finish'}"))
+                      f"INCOMPLETE: {index.meta.get('index_problem') or tracedir.recording_problem(meta)}"))
         rows = dict(index.sql("SELECT tbl, sum(rows) FROM parts GROUP BY tbl").rows)
         for table in ("exec", "mem", "syscalls", "mmaps", "modules", "symbols", "regs"):
             count = rows.get(table) if table in rows or table in ("exec", "mem", "regs") else None
