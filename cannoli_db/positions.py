@@ -141,6 +141,15 @@ class StreamLog:
     def closed_end(self) -> int:
         return self.max_end
 
+    def partial_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The PARTIAL corrections as sorted arrays: (ordinals, twin block ids)."""
+        cached = getattr(self, "_partial_cache", None)
+        if cached is None or cached[0] != len(self.partial):
+            cut = np.array(sorted(self.partial), np.int64)
+            twins = np.array([self.partial[o] for o in cut.tolist()], np.int64)
+            cached = self._partial_cache = (len(self.partial), cut, twins)
+        return cached[1], cached[2]
+
 
 class PositionPlan:
     """Positions of a whole trace from its packets' side data (add) and the
@@ -237,16 +246,18 @@ class PositionPlan:
         log.open_insns = int(counts.sum())
 
     def _apply_partial(self, log: StreamLog, ordinals: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Counts corrected for blocks found cut short: PARTIAL events (the twin's
+        count) and the thread's cut last block."""
         if not log.partial and log.tail is None:
             return counts
         counts = counts.copy()
-        for k, o in enumerate(ordinals.tolist()):
-            twin = log.partial.get(o)
-            if twin is not None:
-                counts[k] = int(self.blocks.lookup(np.array([twin]))[0])
+        if log.partial:
+            cut, twins = log.partial_arrays()
+            k = np.searchsorted(cut, ordinals)
+            hit = (k < len(cut)) & (cut[np.minimum(k, len(cut) - 1)] == ordinals)
+            counts[hit] = self.blocks.lookup(twins[k[hit]])
         if log.tail is not None:
-            at = np.flatnonzero(ordinals == log.tail[0])
-            counts[at] = log.tail[1]
+            counts[ordinals == log.tail[0]] = log.tail[1]
         return counts
 
     # -- positions of a packet --------------------------------------------------

@@ -209,6 +209,9 @@ VIEWS = {
         SELECT e.idx + bi.n AS idx, e.tid, bi.pc, bi.size, e.block_id, bi.n
         FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
     """,
+    # schema 2's address-sorted copy of mem, kept by name for old queries (the
+    # address index is mem_pages now)
+    "mem_by_addr": "SELECT addr, idx, tid, pc, size, is_write, value FROM mem",
 }
 
 

@@ -260,7 +260,8 @@ struct cn_chunk_header {
     uint64_t heavy_size;    /* bytes of the heavy zstd frame (after the side frame)   */
     uint64_t heavy_raw;     /* bytes of its content (also when the frame was dropped) */
     uint32_t side_crc32;    /* zlib CRC-32 of the side frame                          */
-    uint32_t heavy_crc32;   /* zlib CRC-32 of the heavy frame (0 when dropped)        */
+    uint32_t heavy_crc32;   /* zlib CRC-32 of the heavy frame (kept when dropped: the
+                               store's parts name it, so they match this chunk)      */
     uint32_t flags;         /* CN_CHUNK_*                                             */
     uint32_t header_crc32;  /* zlib CRC-32 of this header with this field set to 0    */
     uint64_t n_exec;        /* record totals over the packets, for quick `info`       */

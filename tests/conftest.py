@@ -214,9 +214,9 @@ def qemu_strace(qemu):
     `qemu-x86_64 -strace`, names mapped to numbers with the kernel's header."""
     numbers = _syscall_numbers()
 
-    def run(program: Path, *args: str) -> list[tuple[int, int | None]]:
+    def run(program: Path, *args: str, cwd=None) -> list[tuple[int, int | None]]:
         proc = subprocess.run([qemu.path(), "-strace", "-0", str(program), str(program), *args],
-                              env=GUEST_ENV, capture_output=True, text=True, timeout=600)
+                              env=GUEST_ENV, capture_output=True, text=True, timeout=600, cwd=cwd)
         calls = []
         for line in proc.stderr.splitlines():
             unknown = re.match(r"^\d+ Unknown syscall (\d+)", line)
