@@ -38,7 +38,7 @@ SPAN = 1 << 24            # positions per partition of exec and mem
 ROW_GROUP = 1 << 20       # rows per Parquet row group
 PARTITIONED = {"exec": "idx", "mem": "idx"}
 BULK = ("exec", "mem", "regs", "regs_keys")  # views over the trace's own Parquet store
-SKIPPED = {"mem_pages", "exec_blocks", "parts"}  # access paths of the index, not data
+SKIPPED = {"mem_lines", "exec_blocks", "parts"}  # access paths of the index, not data
 PC_REGISTER = {"x86_64": "rip", "i386": "eip", "aarch64": "pc", "arm": "pc", "riscv64": "pc", "mipsel": "pc"}
 
 

@@ -25,13 +25,13 @@ RING_MAGIC = b"CNDBRING"
 SEC_EXEC, SEC_MEM_ADDR, SEC_MEM_VALUE, SEC_MEM_INFO, SEC_EVENT = 0, 1, 2, 3, 4
 SEC_BLOCK, SEC_INSN_SIZE, SEC_INSN_BYTES, SEC_BLOB = 5, 6, 7, 8
 SEC_REG_VALUE, SEC_REG_INFO = 9, 10
-SEC_PAGE = 11
+SEC_LINE = 11
 NSECTIONS = 12
 NSECTIONS_V1 = 9
 NSECTIONS_V2 = 11
 # Sections stored in a version-3 chunk's side frame; the others are heavy.
 SIDE_SECTIONS = ((1 << SEC_EVENT) | (1 << SEC_BLOCK) | (1 << SEC_INSN_SIZE) | (1 << SEC_INSN_BYTES) | (1 << SEC_BLOB)
-                 | (1 << SEC_PAGE))
+                 | (1 << SEC_LINE))
 SIDE = tuple(s for s in range(NSECTIONS) if SIDE_SECTIONS >> s & 1)
 HEAVY = tuple(s for s in range(NSECTIONS) if not SIDE_SECTIONS >> s & 1)
 
@@ -43,12 +43,11 @@ CAP_INSN_SIZE = 65536
 CAP_INSN_BYTES = 262144
 CAP_BLOB = 262144
 CAP_REG = 65536
-CAP_PAGE = 65536
+CAP_LINE = 131072
 MAX_BLOCK_INSNS = 512
 MAX_BLOB_ITEM = 4096
 MAX_CHUNK_RAW = 256 * 1024 * 1024
 
-PAGE_SHIFT = 12
 LINE_SHIFT = 6
 
 MEMINFO_SHIFT_MASK = 0x7
@@ -114,11 +113,11 @@ BLOCK_DTYPE = np.dtype(
     align=True,
 )
 
-PAGE_DTYPE = np.dtype(
+LINE_DTYPE = np.dtype(
     [
-        ("page", "<u8"),
-        ("read_lines", "<u8"),
-        ("written_lines", "<u8"),
+        ("line", "<u8"),
+        ("read_bytes", "<u8"),
+        ("written_bytes", "<u8"),
         ("first", "<u4"),
         ("last", "<u4"),
     ],
@@ -207,7 +206,7 @@ SECTION_DTYPES = (
     np.dtype("u1"),
     np.dtype("<u8"),
     np.dtype("<u4"),
-    PAGE_DTYPE,
+    LINE_DTYPE,
 )
 SECTION_CAPACITY = (
     CAP_EXEC,
@@ -221,7 +220,7 @@ SECTION_CAPACITY = (
     CAP_BLOB,
     CAP_REG,
     CAP_REG,
-    CAP_PAGE,
+    CAP_LINE,
 )
 SECTION_NAMES = (
     "exec",
@@ -235,7 +234,7 @@ SECTION_NAMES = (
     "blob",
     "reg_value",
     "reg_info",
-    "page",
+    "line",
 )
 
 

@@ -147,18 +147,18 @@ reg_names = Table(
     Column("reg", String, nullable=False, comment="gdb name: rax, x0, a0, eflags, ..."),
 )
 
-# The address index of the store: per packet, the mem rows that touch a 4 KiB
-# page and which of its 64-byte lines they read and wrote (store/__init__.py).
-mem_pages = Table(
-    "mem_pages", metadata,
-    Column("page", UBigInteger, nullable=False, comment="address >> 12"),
+# The address index of the store: per packet, the mem rows that touch a 64-byte
+# line and which of its bytes they read and wrote (store/__init__.py).
+mem_lines = Table(
+    "mem_lines", metadata,
+    Column("line", UBigInteger, nullable=False, comment="address >> 6"),
     Column("part", UInteger, nullable=False, comment="the mem part (chunk number)"),
-    Column("row_first", UInteger, nullable=False, comment="first row of the part touching the page"),
+    Column("row_first", UInteger, nullable=False, comment="first row of the part touching the line"),
     Column("row_last", UInteger, nullable=False, comment="last such row"),
     Column("idx_first", UBigInteger, nullable=False, comment="position of the first such access"),
     Column("idx_last", UBigInteger, nullable=False, comment="position of the last such access"),
-    Column("read_lines", UBigInteger, nullable=False, comment="bit k: line k of the page was read"),
-    Column("written_lines", UBigInteger, nullable=False, comment="bit k: line k was written"),
+    Column("read_bytes", UBigInteger, nullable=False, comment="bit k: byte k of the line was read"),
+    Column("written_bytes", UBigInteger, nullable=False, comment="bit k: byte k was written"),
 )
 
 # The block index of the store: per packet, the exec rows that run a block.
@@ -210,7 +210,7 @@ VIEWS = {
         FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
     """,
     # schema 2's address-sorted copy of mem, kept by name for old queries (the
-    # address index is mem_pages now)
+    # address index is mem_lines now)
     "mem_by_addr": "SELECT addr, idx, tid, pc, size, is_write, value FROM mem",
 }
 

@@ -22,7 +22,7 @@
 #define CN_FORMAT_VERSION 3
 /* Version 3 draws global instruction positions in the plugin (SEGMENT events
  * carry them), identifies each thread's stream by a ring-wide id, adds the
- * PAGE section (12 counts in the packet header) and splits a chunk into a side
+ * LINE section (12 counts in the packet header) and splits a chunk into a side
  * frame and a heavy frame.  Version 2 (seq-ordered segments, one frame, 11
  * counts) and version 1 (no registers: 9 counts, a 104-byte packet header)
  * are still read. */
@@ -50,14 +50,14 @@ enum cn_section {
     CN_SEC_BLOB,          /* uint8: strings and buffers that events point into    */
     CN_SEC_REG_VALUE,     /* uint64 per register change: the new value (v2)       */
     CN_SEC_REG_INFO,      /* uint32 per register change: see CN_REGINFO_* (v2)    */
-    CN_SEC_PAGE,          /* struct cn_page per 4 KiB page the packet's memory
+    CN_SEC_LINE,          /* struct cn_line per 64-byte line the packet's memory
                              accesses touch (v3; made by the recorder when it
                              packs the lane, not a lane section)                  */
     CN_NSECTIONS
 };
 
 #define CN_SIDE_SECTIONS ((1u << CN_SEC_EVENT) | (1u << CN_SEC_BLOCK) | (1u << CN_SEC_INSN_SIZE) | \
-                          (1u << CN_SEC_INSN_BYTES) | (1u << CN_SEC_BLOB) | (1u << CN_SEC_PAGE))
+                          (1u << CN_SEC_INSN_BYTES) | (1u << CN_SEC_BLOB) | (1u << CN_SEC_LINE))
 
 /* On disk (in packets) five sections are transformed to compress well; in the
  * ring they are plain arrays.  count[] of a packet still gives records, except
@@ -82,7 +82,7 @@ enum cn_section {
 #define CN_CAP_INSN_BYTES  262144u
 #define CN_CAP_BLOB        262144u
 #define CN_CAP_REG         65536u
-#define CN_CAP_PAGE        65536u   /* at most one page per memory access */
+#define CN_CAP_LINE        131072u  /* at most two lines per memory access */
 
 /* QEMU translates at most 512 instructions into one block (TCG_MAX_INSNS). */
 #define CN_MAX_BLOCK_INSNS 512u
@@ -127,22 +127,22 @@ enum cn_section {
 /* Most registers one recording can name (the number fits the info word). */
 #define CN_MAX_REGS 64u
 
-/* ---- pages touched (CN_SEC_PAGE) -----------------------------------------
- * The address index of a packet: for each 4 KiB page any of its accesses
- * touched (an access is attributed to the page and 64-byte line of its first
- * byte), which of the page's 64 lines were read and written, and the first and
- * last of its accesses (0-based, in the packet's access order) to the page.
- * In first-access order.  A reader looking for accesses to an address reads
- * only the packets whose pages say so. */
-#define CN_PAGE_SHIFT 12
+/* ---- lines touched (CN_SEC_LINE) -----------------------------------------
+ * The address index of a packet: one record per 64-byte line whose bytes any
+ * of its accesses covered, with which bytes were read and which written, and
+ * the first and last of its accesses (0-based, in the packet's access order)
+ * that covered the line.  An access that crosses a line boundary counts in
+ * both lines.  In first-access order.  A reader looking for the accesses to a
+ * byte reads only the packets whose lines say one covered it -- and knows
+ * without reading anything that no access in the other packets did. */
 #define CN_LINE_SHIFT 6
 
-struct cn_page {
-    uint64_t page;          /* address >> CN_PAGE_SHIFT                            */
-    uint64_t read_lines;    /* bit k: an access read line k of the page            */
-    uint64_t written_lines; /* bit k: an access wrote line k                       */
-    uint32_t first;         /* first access to the page                            */
-    uint32_t last;          /* last access to the page                             */
+struct cn_line {
+    uint64_t line;          /* address >> CN_LINE_SHIFT                            */
+    uint64_t read_bytes;    /* bit k: an access read byte k of the line            */
+    uint64_t written_bytes; /* bit k: an access wrote byte k                       */
+    uint32_t first;         /* first access covering the line                      */
+    uint32_t last;          /* last access covering the line                       */
 };                          /* 32 bytes */
 
 /* ---- events (CN_SEC_EVENT) ------------------------------------------------ */

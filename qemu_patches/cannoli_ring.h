@@ -95,9 +95,9 @@ struct cn_lane_layout {
 
 static inline void cn_lane_layout(struct cn_lane_layout *l)
 {
-    /* PAGE is made by the recorder when it packs a lane: no room in the lane */
+    /* LINE is made by the recorder when it packs a lane: no room in the lane */
     static const size_t rec[CN_NSECTIONS] = {
-        4, 8, 8, 4, sizeof(struct cn_event), sizeof(struct cn_block), 1, 1, 1, 8, 4, sizeof(struct cn_page),
+        4, 8, 8, 4, sizeof(struct cn_event), sizeof(struct cn_block), 1, 1, 1, 8, 4, sizeof(struct cn_line),
     };
     static const uint32_t cap[CN_NSECTIONS] = {
         CN_CAP_EXEC, CN_CAP_MEM, CN_CAP_MEM, CN_CAP_MEM, CN_CAP_EVENT,

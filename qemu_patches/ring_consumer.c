@@ -33,51 +33,70 @@ CN_EXPORT size_t cn_consumer_max_part_size(int side)
     size_t size = side ? sizeof(struct cn_packet_header) : 0;
     for (int s = 0; s < CN_NSECTIONS; s++) {
         if (is_side(s) == (side != 0)) {
-            size += l.record_size[s] * (s == CN_SEC_PAGE ? CN_CAP_PAGE : l.capacity[s]);
+            size += l.record_size[s] * (s == CN_SEC_LINE ? CN_CAP_LINE : l.capacity[s]);
         }
     }
     return size;
 }
 
-/* The PAGE section (cannoli_format.h) of n accesses: an open-addressing table
- * of the pages seen so far, cleared after each packet through its used slots. */
-#define PAGE_SLOTS (1u << 17)
-static uint32_t page_slot[PAGE_SLOTS]; /* 1 + index in pages, 0: empty */
-static uint32_t slot_used[CN_CAP_MEM];
-static struct cn_page pages[CN_CAP_PAGE];
+/* The LINE section (cannoli_format.h) of n accesses: an open-addressing table
+ * of the lines seen so far, cleared after each packet through its used slots. */
+#define LINE_SLOTS (1u << 18)
+static uint32_t line_slot[LINE_SLOTS]; /* 1 + index in lines, 0: empty */
+static uint32_t slot_used[CN_CAP_LINE];
+static struct cn_line lines[CN_CAP_LINE];
+static uint32_t n_lines;
 
-static uint32_t find_pages(const uint64_t *addr, const uint32_t *info, uint32_t n)
+static struct cn_line *line_entry(uint64_t line, uint32_t i)
 {
-    uint32_t n_pages = 0;
-    uint64_t last_page = UINT64_MAX;
-    struct cn_page *p = NULL;
+    uint32_t h = (uint32_t)((line * 0x9E3779B97F4A7C15ull) >> (64 - 18));
+    while (line_slot[h] && lines[line_slot[h] - 1].line != line) {
+        h = (h + 1) & (LINE_SLOTS - 1);
+    }
+    if (!line_slot[h]) {
+        slot_used[n_lines] = h;
+        line_slot[h] = ++n_lines;
+        lines[n_lines - 1] = (struct cn_line){ line, 0, 0, i, i };
+    }
+    return &lines[line_slot[h] - 1];
+}
+
+static void touch(struct cn_line *e, uint64_t bytes, bool store, uint32_t i)
+{
+    if (store) {
+        e->written_bytes |= bytes;
+    } else {
+        e->read_bytes |= bytes;
+    }
+    e->last = i;
+}
+
+static uint32_t find_lines(const uint64_t *addr, const uint32_t *info, uint32_t n)
+{
+    n_lines = 0;
+    uint64_t last_line = UINT64_MAX;
+    struct cn_line *e = NULL;
     for (uint32_t i = 0; i < n; i++) {
-        uint64_t page = addr[i] >> CN_PAGE_SHIFT;
-        if (page != last_page) {
-            uint32_t h = (uint32_t)((page * 0x9E3779B97F4A7C15ull) >> (64 - 17));
-            while (page_slot[h] && pages[page_slot[h] - 1].page != page) {
-                h = (h + 1) & (PAGE_SLOTS - 1);
-            }
-            if (!page_slot[h]) {
-                slot_used[n_pages] = h;
-                page_slot[h] = ++n_pages;
-                pages[n_pages - 1] = (struct cn_page){ page, 0, 0, i, i };
-            }
-            p = &pages[page_slot[h] - 1];
-            last_page = page;
+        uint32_t shift = info[i] & CN_MEMINFO_SHIFT_MASK;
+        uint32_t size = 1u << (shift > 3 ? 3 : shift);
+        uint64_t line = addr[i] >> CN_LINE_SHIFT;
+        uint32_t at = (uint32_t)(addr[i] & 63);
+        bool store = info[i] & CN_MEMINFO_STORE;
+        if (line != last_line) {
+            e = line_entry(line, i);
+            last_line = line;
         }
-        uint64_t line = (uint64_t)1 << ((addr[i] >> CN_LINE_SHIFT) & 63);
-        if (info[i] & CN_MEMINFO_STORE) {
-            p->written_lines |= line;
-        } else {
-            p->read_lines |= line;
+        uint64_t bytes = (size == 8 ? ~0ull >> 56 : (1ull << size) - 1);
+        touch(e, bytes << at, store, i);
+        if (at + size > 64) { /* the access runs into the next line */
+            touch(line_entry(line + 1, i), bytes >> (64 - at), store, i);
+            last_line = UINT64_MAX;
         }
-        p->last = i;
     }
-    for (uint32_t k = 0; k < n_pages; k++) {
-        page_slot[slot_used[k]] = 0;
+    for (uint32_t k = 0; k < n_lines; k++) {
+        line_slot[slot_used[k]] = 0;
     }
-    return n_pages;
+    return n_lines;
 }
 
 CN_EXPORT int cn_consumer_init(void *mem, size_t size, uint32_t n_lanes, uint32_t recorder_pid)
@@ -245,7 +264,7 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, si
         } else if (s == CN_SEC_REG_INFO) {
             c = h.count[CN_SEC_REG_VALUE];
         }
-        h.count[s] = c < l.capacity[s] ? c : l.capacity[s]; /* PAGE: 0 until computed below */
+        h.count[s] = c < l.capacity[s] ? c : l.capacity[s]; /* LINE: 0 until computed below */
         total += h.count[s];
     }
     if (total == 0) {
@@ -254,7 +273,7 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, si
     uint32_t n_mem = h.count[CN_SEC_MEM_ADDR];
     const uint32_t *info = cn_lane_section(lane, &l, CN_SEC_MEM_INFO);
     h.count[CN_SEC_MEM_VALUE] = value_bytes(info, n_mem);
-    h.count[CN_SEC_PAGE] = find_pages(cn_lane_section(lane, &l, CN_SEC_MEM_ADDR), info, n_mem);
+    h.count[CN_SEC_LINE] = find_lines(cn_lane_section(lane, &l, CN_SEC_MEM_ADDR), info, n_mem);
     size_t need[2] = { 0, sizeof(h) }; /* heavy, side */
     for (int s = 0; s < CN_NSECTIONS; s++) {
         need[is_side(s)] += h.count[s] * (s == CN_SEC_MEM_VALUE ? 1 : l.record_size[s]);
@@ -278,9 +297,9 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, si
             p = put_reg_values(p, src, cn_lane_section(lane, &l, CN_SEC_REG_INFO), h.count[s], scratch);
         } else if (s == CN_SEC_REG_INFO) {
             p = put_info(p, src, h.count[s], scratch);
-        } else if (s == CN_SEC_PAGE) {
-            memcpy(p, pages, h.count[s] * sizeof(struct cn_page));
-            p += h.count[s] * sizeof(struct cn_page);
+        } else if (s == CN_SEC_LINE) {
+            memcpy(p, lines, h.count[s] * sizeof(struct cn_line));
+            p += h.count[s] * sizeof(struct cn_line);
         } else {
             size_t bytes = h.count[s] * l.record_size[s];
             memcpy(p, src, bytes);

@@ -20,7 +20,7 @@ HEADER_FILES = ("cannoli_format.h", "cannoli_ring.h")
 STRUCTS = {
     "cn_event": F.EVENT_DTYPE,
     "cn_block": F.BLOCK_DTYPE,
-    "cn_page": F.PAGE_DTYPE,
+    "cn_line": F.LINE_DTYPE,
     "cn_packet_header": F.PACKET_HEADER_DTYPE,
     "cn_chunk_header": F.CHUNK_HEADER_DTYPE,
     "cn_ring_header": F.RING_HEADER_DTYPE,

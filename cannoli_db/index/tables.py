@@ -112,7 +112,7 @@ def _syscall_blobs(ev: np.ndarray, events: EventLog, at: dict):
 
 def load_store_index(con, trace, n_parts: int) -> None:
     """The store's index tables (sorted for lookups) and its parts table."""
-    for name, order in (("mem_pages", "page, idx_last"), ("exec_blocks", "block_id, idx_first")):
+    for name, order in (("mem_lines", "line, idx_last"), ("exec_blocks", "block_id, idx_first")):
         if store.part_files(trace, name):
             files = store.glob(trace, name)
             con.execute(f"INSERT INTO {name} SELECT * FROM read_parquet({_sql_string(files)}) "

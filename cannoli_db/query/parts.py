@@ -2,7 +2,7 @@
 range (the store's index tables name them) or by position range (row-group
 statistics).  pyarrow reads only the row groups that hold them; open files
 and their footers are kept, so a session's second question costs a read, not
-a file open."""
+a file open, and the last few row groups read are kept decoded."""
 
 from __future__ import annotations
 
@@ -16,12 +16,14 @@ import pyarrow.parquet as pq
 from .. import store
 
 OPEN_FILES = 256
+CACHED_GROUPS = 16  # decoded row groups kept (a mem row group is ~5 MB)
 
 
 class Parts:
     def __init__(self, trace: Path):
         self.trace = Path(trace)
         self._files: OrderedDict[tuple[str, int], tuple[pq.ParquetFile, np.ndarray]] = OrderedDict()
+        self._groups: OrderedDict[tuple, pa.Table] = OrderedDict()
 
     def _file(self, table: str, part: int) -> tuple[pq.ParquetFile, np.ndarray]:
         key = (table, part)
@@ -39,11 +41,24 @@ class Parts:
 
     def rows(self, table: str, part: int, first: int, last: int, columns: list[str]) -> pa.Table:
         """Rows first .. last (inclusive) of a part."""
-        f, starts = self._file(table, part)
+        _, starts = self._file(table, part)
         g0 = int(np.searchsorted(starts, first, side="right")) - 1
         g1 = int(np.searchsorted(starts, last, side="right")) - 1
-        data = f.read_row_groups(list(range(g0, g1 + 1)), columns=columns)
+        data = pa.concat_tables([self._group(table, part, g, columns) for g in range(g0, g1 + 1)])
         return data.slice(first - int(starts[g0]), last - first + 1)
+
+    def _group(self, table: str, part: int, group: int, columns: list[str]) -> pa.Table:
+        # a question reads neighbouring packets, which often share row groups
+        key = (table, part, group, tuple(columns))
+        hit = self._groups.get(key)
+        if hit is None:
+            f, _ = self._file(table, part)
+            hit = self._groups[key] = f.read_row_group(group, columns=columns)
+            if len(self._groups) > CACHED_GROUPS:
+                self._groups.popitem(last=False)
+        else:
+            self._groups.move_to_end(key)
+        return hit
 
     def row_groups(self, table: str, part: int, groups: list[int], columns: list[str]) -> pa.Table:
         f, _ = self._file(table, part)

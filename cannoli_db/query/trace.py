@@ -340,8 +340,8 @@ class Trace:
         # mapped at some point, or touched by the guest (the initial stack is not in mmaps)
         mapped = self.sql("""SELECT EXISTS (SELECT 1 FROM mmaps WHERE kind <> 'munmap'
                                             AND start < ($a::UBIGINT + $n) AND "end" > $a::UBIGINT)
-                             OR EXISTS (SELECT 1 FROM mem_pages WHERE page BETWEEN $a::UBIGINT // 4096
-                                        AND ($a::UBIGINT + $n - 1) // 4096)""", {"a": start, "n": size})
+                             OR EXISTS (SELECT 1 FROM mem_lines WHERE line BETWEEN $a::UBIGINT // 64
+                                        AND ($a::UBIGINT + $n - 1) // 64)""", {"a": start, "n": size})
         if not mapped.rows[0][0]:
             raise CannoliError(f"address {start:#x} is not in any mapping of the trace; "
                                f"see the address space with: cannoli query {self.path} mmaps_timeline")

@@ -5,7 +5,7 @@ chunk, in files that DuckDB, Spark and Trino read directly.
     TRACE/chunks/mem/NNNNNN.parquet        one row per memory access
     TRACE/chunks/regs/NNNNNN.parquet       register changes at block entry
     TRACE/chunks/regs_keys/NNNNNN.parquet  full register states (keyframes)
-    TRACE/chunks/mem_pages/NNNNNN.parquet  address index: which rows touch a page
+    TRACE/chunks/mem_lines/NNNNNN.parquet  address index: which rows touch a 64-byte line
     TRACE/chunks/exec_blocks/NNNNNN.parquet  block index: which rows run a block
 
 Part NNNNNN holds the rows of chunk NNNNNN's packets, in packet order and, for
@@ -27,7 +27,7 @@ import pyarrow as pa
 from .. import tracedir
 
 STORE_VERSION = 1          # bump when a part's columns or meaning change
-ROW_GROUP = 1 << 17        # rows per Parquet row group
+ROW_GROUP = 1 << 15        # rows per Parquet row group: a point question decodes one
 PART_META_KEY = b"cannoli_db.part"  # Parquet key-value metadata: what the part was made from
 
 
@@ -45,29 +45,33 @@ SCHEMAS: dict[str, pa.Schema] = {
                     ("reg", pa.string(), False), ("value", pa.uint64(), False)),
     "regs_keys": _fields(("idx", pa.uint64(), False), ("tid", pa.uint32(), False), ("n", pa.uint8(), False),
                          ("value", pa.uint64(), False)),
-    "mem_pages": _fields(("page", pa.uint64(), False), ("part", pa.uint32(), False),
+    "mem_lines": _fields(("line", pa.uint64(), False), ("part", pa.uint32(), False),
                          ("row_first", pa.uint32(), False), ("row_last", pa.uint32(), False),
                          ("idx_first", pa.uint64(), False), ("idx_last", pa.uint64(), False),
-                         ("read_lines", pa.uint64(), False), ("written_lines", pa.uint64(), False)),
+                         ("read_bytes", pa.uint64(), False), ("written_bytes", pa.uint64(), False)),
     "exec_blocks": _fields(("block_id", pa.uint32(), False), ("part", pa.uint32(), False),
                            ("row_first", pa.uint32(), False), ("row_last", pa.uint32(), False),
                            ("idx_first", pa.uint64(), False), ("idx_last", pa.uint64(), False)),
 }
 BULK = ("exec", "mem", "regs", "regs_keys")
-INDEXES = ("mem_pages", "exec_blocks")
+INDEXES = ("mem_lines", "exec_blocks")
 
-# Per-column Parquet encodings, chosen by measurement on xz (docs/format.md):
-# positions and thread ids as deltas; pcs, addresses and sizes as byte planes,
-# values plain, all under zstd; an exec's block and pc from a dictionary (a
-# part runs a few thousand blocks).  Keyed (table, column), or column alone.
+# Per-column Parquet encodings and codecs, chosen by measuring xz's trace
+# (docs/format.md §11): the cheapest to write that keeps the trace directory
+# well under twice the chunks.  Positions as deltas; addresses and values as
+# byte planes under zstd (their high bytes repeat); thread ids plain under zstd
+# (one value per packet); pcs, sizes and flags under lz4, which writes them at
+# half zstd's cost for a few tenths of a byte more; an exec's block and pc
+# from a dictionary (a part runs a few thousand blocks).  Keyed by column.
 ENCODINGS = {
-    "idx": "DELTA_BINARY_PACKED", "tid": "DELTA_BINARY_PACKED", "pc": "BYTE_STREAM_SPLIT",
+    "idx": "DELTA_BINARY_PACKED", "tid": "PLAIN", "pc": "PLAIN",
     "icount": "BYTE_STREAM_SPLIT", "addr": "BYTE_STREAM_SPLIT", "size": "BYTE_STREAM_SPLIT", "is_write": "PLAIN",
-    "value": "PLAIN", "n": "BYTE_STREAM_SPLIT", "block_id": "DELTA_BINARY_PACKED",
-    "page": "DELTA_BINARY_PACKED", "part": "DELTA_BINARY_PACKED", "row_first": "DELTA_BINARY_PACKED",
+    "value": "BYTE_STREAM_SPLIT", "n": "BYTE_STREAM_SPLIT", "block_id": "DELTA_BINARY_PACKED",
+    "part": "DELTA_BINARY_PACKED", "row_first": "DELTA_BINARY_PACKED",
     "row_last": "DELTA_BINARY_PACKED", "idx_first": "DELTA_BINARY_PACKED", "idx_last": "DELTA_BINARY_PACKED",
-    "read_lines": "PLAIN", "written_lines": "PLAIN",
+    "line": "DELTA_BINARY_PACKED", "read_bytes": "PLAIN", "written_bytes": "PLAIN",
 }
+LZ4 = {"pc", "icount", "size", "is_write", "n"}  # the others: zstd level 1
 DICTIONARY = {("regs", "reg"), ("exec", "block_id"), ("exec", "pc")}
 
 

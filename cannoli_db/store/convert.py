@@ -1,6 +1,6 @@
 """Chunk -> store parts: a chunk's packets become the rows of its exec, mem,
 regs and regs_keys parts, with their global positions, and the rows of the two
-index tables (mem_pages, exec_blocks).  Vectorised per packet; nothing here
+index tables (mem_lines, exec_blocks).  Vectorised per packet; nothing here
 loops over events in Python.
 
 Everything a packet says is checked before it is used: a record that links
@@ -22,7 +22,7 @@ from .. import format as F
 from .. import tracedir
 from ..decode import Chunk, ChunkError, PacketView, decode_packet
 from ..positions import BlockTable, PositionPlan
-from . import DICTIONARY, ENCODINGS, INDEXES, PART_META_KEY, ROW_GROUP, SCHEMAS, STORE_VERSION, part_path
+from . import DICTIONARY, ENCODINGS, INDEXES, LZ4, PART_META_KEY, ROW_GROUP, SCHEMAS, STORE_VERSION, part_path
 
 
 @dataclass
@@ -113,7 +113,7 @@ def _packet_rows(view: PacketView, part: int, ctx: Context, out: _Tables, name: 
                 idx_first=idx[own:][first], idx_last=idx[own:][last])
     mem_row0 = out.rows["mem"]
     acc_idx = _mem_rows(p, ids, idx, ctx, tid, out, name)
-    _page_rows(view.section(F.SEC_PAGE), acc_idx, part, mem_row0, out, name)
+    _line_rows(view.section(F.SEC_LINE), acc_idx, part, mem_row0, out, name)
     _reg_rows(p, ids, idx, ctx, tid, out, name)
 
 
@@ -141,16 +141,16 @@ def _mem_rows(p, ids: np.ndarray, idx: np.ndarray, ctx: Context, tid: int, out: 
     return acc_idx
 
 
-def _page_rows(pages: np.ndarray, acc_idx: np.ndarray, part: int, row0: int, out: _Tables, name: str) -> None:
-    if not len(pages):
+def _line_rows(lines: np.ndarray, acc_idx: np.ndarray, part: int, row0: int, out: _Tables, name: str) -> None:
+    if not len(lines):
         return
-    first, last = pages["first"].astype(np.int64), pages["last"].astype(np.int64)
+    first, last = lines["first"].astype(np.int64), lines["last"].astype(np.int64)
     if last.max() >= len(acc_idx) or np.any(first > last):
-        raise ChunkError(name, "page index names an access outside its packet")
-    out.add("mem_pages", page=pages["page"], part=np.full(len(pages), part, np.uint32),
+        raise ChunkError(name, "line index names an access outside its packet")
+    out.add("mem_lines", line=lines["line"], part=np.full(len(lines), part, np.uint32),
             row_first=(row0 + first).astype(np.uint32), row_last=(row0 + last).astype(np.uint32),
-            idx_first=acc_idx[first], idx_last=acc_idx[last], read_lines=pages["read_lines"],
-            written_lines=pages["written_lines"])
+            idx_first=acc_idx[first], idx_last=acc_idx[last], read_bytes=lines["read_bytes"],
+            written_bytes=lines["written_bytes"])
 
 
 def _reg_rows(p, ids: np.ndarray, idx: np.ndarray, ctx: Context, tid: int, out: _Tables, name: str) -> None:
@@ -195,7 +195,8 @@ def _parquet_bytes(name: str, table: pa.Table) -> bytes:
     dictionary = [c for c in names if (name, c) in DICTIONARY]
     sink = io.BytesIO()
     pq.write_table(
-        table, sink, row_group_size=ROW_GROUP, compression="zstd", compression_level=1,
+        table, sink, row_group_size=ROW_GROUP, compression={c: "lz4" if c in LZ4 else "zstd" for c in names},
+        compression_level={c: 1 for c in names if c not in LZ4},
         use_dictionary=dictionary, column_encoding={c: ENCODINGS[c] for c in names if c not in dictionary},
         write_statistics=[c for c in names if c.startswith("idx") or name in INDEXES],
     )

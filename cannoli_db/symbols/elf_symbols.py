@@ -5,9 +5,43 @@ the static functions a stripped distribution library hides (libc's
 
 from __future__ import annotations
 
+import numpy as np
+from elftools.elf.enums import ENUM_ST_INFO_TYPE
+
 from .debug_files import ELF_ERRORS, find_debug_file, open_elf
 
 SYMBOL_SECTIONS = (".symtab", ".dynsym")
+_FUNC, _OBJECT = ENUM_ST_INFO_TYPE["STT_FUNC"], ENUM_ST_INFO_TYPE["STT_OBJECT"]
+
+
+def _sym_dtype(elfclass: int, little: bool) -> np.dtype:
+    """Elf32_Sym / Elf64_Sym (the ELF specification's layouts)."""
+    e = "<" if little else ">"
+    if elfclass == 64:
+        fields = [("name", e + "u4"), ("info", "u1"), ("other", "u1"), ("shndx", e + "u2"),
+                  ("value", e + "u8"), ("size", e + "u8")]
+    else:
+        fields = [("name", e + "u4"), ("value", e + "u4"), ("size", e + "u4"), ("info", "u1"),
+                  ("other", "u1"), ("shndx", e + "u2")]
+    return np.dtype(fields)
+
+
+def _section_symbols(elf, section, thumb_bit: int, out: dict) -> None:
+    # a symbol table is an array of fixed-size records: read it as one (a
+    # debug libc has ~10^4 symbols; pyelftools parses them one by one)
+    dtype = _sym_dtype(elf.elfclass, elf.little_endian)
+    data = section.data()
+    syms = np.frombuffer(data, dtype, len(data) // dtype.itemsize)
+    kind = syms["info"] & 0xF
+    keep = ((kind == _FUNC) | (kind == _OBJECT)) & (syms["value"] != 0) & (syms["name"] != 0)
+    strtab = elf.get_section(section["sh_link"]).data()
+    for off, value, size, k in zip(*(syms[f][keep].tolist() for f in ("name", "value", "size")), kind[keep].tolist()):
+        end = strtab.find(b"\0", off)
+        if off >= len(strtab) or end == off:
+            continue
+        name = strtab[off: end if end >= 0 else len(strtab)].decode("utf-8", "replace")
+        value = value & ~thumb_bit if k == _FUNC else value
+        out[(name, value)] = (name, value, size, "FUNC" if k == _FUNC else "OBJECT")
 
 
 def elf_symbols(path: str) -> list[tuple[str, int, int, str]]:
@@ -23,12 +57,7 @@ def elf_symbols(path: str) -> list[tuple[str, int, int, str]]:
                 section = elf.get_section_by_name(name)
                 if section is None or section["sh_type"] == "SHT_NOBITS":
                     continue  # a debug file keeps .dynsym's header, not its contents
-                for sym in section.iter_symbols():
-                    kind = sym["st_info"]["type"]
-                    if kind in ("STT_FUNC", "STT_OBJECT") and sym["st_value"] and sym.name:
-                        value = sym["st_value"] & ~thumb_bit if kind == "STT_FUNC" else sym["st_value"]
-                        out[(sym.name, value)] = (sym.name, value, sym["st_size"],
-                                                  "FUNC" if kind == "STT_FUNC" else "OBJECT")
+                _section_symbols(elf, section, thumb_bit, out)
     except ELF_ERRORS:
         return []
     return list(out.values())
