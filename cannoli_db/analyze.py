@@ -38,6 +38,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from . import arch as guest_arch
 from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
 from .query.database import connect
@@ -75,7 +76,7 @@ class Chunk:
     mem: dict[str, np.ndarray]
     syscalls: dict[str, np.ndarray]
     _con: Any = None
-    _arch: str = "x86_64"
+    _arch: str | None = None  # the trace's architecture (cannoli_db.arch name)
 
     @property
     def events(self) -> int:
@@ -93,7 +94,7 @@ class Chunk:
 
 # per worker process
 _CON: duckdb.DuckDBPyConnection | None = None
-_ARCH = "x86_64"
+_ARCH: str | None = None
 _DISASM: Disassembler | None = None
 
 
@@ -140,11 +141,12 @@ def run(trace, analysis: Analysis, workers: int = 0) -> Any:
     events = int(counts.get("blocks_executed", 0)) + int(counts.get("mem_events", 0))
     workers = workers or multiprocessing.cpu_count()
     db = str(trace.path)
+    arch = guest_arch.of_meta(trace.meta, trace.path).name
     bounds = chunk_bounds(total, events)
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
-                                 initargs=(db, trace.meta.get("arch") or "x86_64", _module_dir(analysis))) as pool:
+                                 initargs=(db, arch, _module_dir(analysis))) as pool:
             # submit a bounded window ahead so results wait in memory only briefly
             window = workers * 2
             futures = []

@@ -18,6 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import arch as guest_arch
 from . import paths
 from .errors import CannoliError
 
@@ -73,8 +74,9 @@ def resolve_qemu(choice: str | None, arch: str) -> str | None:
         return choice
     from .recorder import qemu_build
 
-    build = qemu_build.find_build((arch,))
+    target = guest_arch.get(arch).qemu_target
+    build = qemu_build.find_build((target,))
     if build is None:
-        raise CannoliError(f"qemu = \"built\", but `cannoli setup-qemu` has built no qemu-{arch} yet: "
-                           f"run `cannoli setup-qemu --targets {arch}`")
-    return str(build.bin_dir / f"qemu-{arch}")
+        raise CannoliError(f"qemu = \"built\", but `cannoli setup-qemu` has built no qemu-{target} yet: "
+                           f"run `cannoli setup-qemu --targets {target}`")
+    return str(build.qemu(target))

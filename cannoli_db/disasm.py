@@ -20,19 +20,7 @@ from __future__ import annotations
 import capstone
 import numpy as np
 
-from .errors import CannoliError
-
-# QEMU target name -> capstone (arch, mode)
-_MODES = {
-    "x86_64": (capstone.CS_ARCH_X86, capstone.CS_MODE_64),
-    "i386": (capstone.CS_ARCH_X86, capstone.CS_MODE_32),
-    "aarch64": (capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM),
-    "arm": (capstone.CS_ARCH_ARM, capstone.CS_MODE_ARM),
-    "riscv64": (capstone.CS_ARCH_RISCV, capstone.CS_MODE_RISCV64 | capstone.CS_MODE_RISCVC),
-    "mips": (capstone.CS_ARCH_MIPS, capstone.CS_MODE_MIPS32 | capstone.CS_MODE_BIG_ENDIAN),
-    "mipsel": (capstone.CS_ARCH_MIPS, capstone.CS_MODE_MIPS32 | capstone.CS_MODE_LITTLE_ENDIAN),
-}
-
+from . import arch as guest_arch
 
 # (block_id, pc, bytes, [instruction sizes]) of the blocks whose ids are in $ids
 BLOCK_CODE_SQL = """
@@ -54,11 +42,9 @@ def _thumb2_shaped(code: bytes, sizes: list[int]) -> bool:
 
 class Disassembler:
     def __init__(self, arch: str, detail: bool = False):
-        cs_arch, mode = _MODES.get(arch, (None, 0))
-        if cs_arch is None:
-            raise CannoliError(f"no disassembler for {arch!r} guests in this capstone")
-        self._cs = capstone.Cs(cs_arch, mode)
-        self._thumb = capstone.Cs(cs_arch, capstone.CS_MODE_THUMB) if arch == "arm" else None
+        guest = guest_arch.get(arch)
+        self._cs = capstone.Cs(*guest.capstone())
+        self._thumb = capstone.Cs(*guest.capstone(thumb=True)) if guest.capstone_thumb else None
         for cs in (self._cs, self._thumb):
             if cs is not None:
                 cs.detail = detail

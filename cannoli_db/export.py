@@ -26,6 +26,7 @@ from pathlib import Path
 
 import duckdb
 
+from . import arch as guest_arch
 from . import schema, tracedir
 from .errors import CannoliError
 from .query.database import connect
@@ -39,7 +40,6 @@ ROW_GROUP = 1 << 20       # rows per Parquet row group
 PARTITIONED = {"exec": "idx", "mem": "idx"}
 BULK = ("exec", "mem", "regs", "regs_keys")  # views over the trace's own Parquet store
 SKIPPED = {"mem_lines", "exec_blocks", "parts"}  # access paths of the index, not data
-PC_REGISTER = {"x86_64": "rip", "i386": "eip", "aarch64": "pc", "arm": "pc", "riscv64": "pc", "mipsel": "pc"}
 
 
 def _connect(trace: Path, out: Path) -> duckdb.DuckDBPyConnection:
@@ -133,7 +133,7 @@ def export_tenet(trace, out: Path, tid: int | None = None) -> int:
         if not rows:
             raise CannoliError("the trace has no thread to export")
         tid = rows[0][0]
-    register = PC_REGISTER.get(trace.meta.get("arch"), "pc")
+    register = guest_arch.of_meta(trace.meta, trace.path).pc_register
     total = trace.end
     check_range(trace, 0, total, tid)
     written = 0

@@ -12,31 +12,14 @@ from typing import Sequence
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from . import arch as guest_arch
 from . import paths
 from .errors import CannoliError
-
-# (e_machine, ELF class, little endian) -> QEMU user-mode target name
-_QEMU_TARGETS = {
-    ("EM_X86_64", 64, True): "x86_64",
-    ("EM_386", 32, True): "i386",
-    ("EM_AARCH64", 64, True): "aarch64",
-    ("EM_ARM", 32, True): "arm",
-    ("EM_RISCV", 64, True): "riscv64",
-    ("EM_RISCV", 32, True): "riscv32",
-    ("EM_MIPS", 32, True): "mipsel",
-    ("EM_MIPS", 32, False): "mips",
-    ("EM_MIPS", 64, True): "mips64el",
-    ("EM_MIPS", 64, False): "mips64",
-    ("EM_PPC64", 64, True): "ppc64le",
-    ("EM_PPC64", 64, False): "ppc64",
-    ("EM_S390", 64, False): "s390x",
-}
-
 
 @dataclass(frozen=True)
 class GuestBinary:
     path: str
-    arch: str            # QEMU target name: x86_64, aarch64, ...
+    arch: str            # its cannoli_db.arch name: x86_64, aarch64, ...
     machine: str         # ELF e_machine
     elf_class: int
     little_endian: bool
@@ -76,13 +59,11 @@ def _elf(path: str, program: str) -> GuestBinary:
         raise CannoliError(f"{program}: damaged ELF file ({exc})") from None
     except OSError as exc:
         raise CannoliError(f"{program}: cannot read ({exc.strerror})") from None
-    arch = _QEMU_TARGETS.get((machine, elf_class, little))
-    if arch is None:
-        raise CannoliError(
-            f"{program}: {machine} ({elf_class}-bit, {'little' if little else 'big'}-endian) "
-            f"has no QEMU user-mode emulator; supported: x86_64, aarch64, arm, riscv64, mipsel and others QEMU runs"
-        )
-    return GuestBinary(path, arch, machine, elf_class, little, interp)
+    found = guest_arch.by_elf(machine, elf_class, little)
+    if found is None:
+        raise CannoliError(f"{program}: {machine} ({elf_class}-bit, {'little' if little else 'big'}-endian) "
+                           f"is not an architecture Cannoli DB records; it records {guest_arch.supported()}")
+    return GuestBinary(path, found.name, machine, elf_class, little, interp)
 
 
 def _head(path: str, program: str) -> bytes:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from . import arch as guest_arch
 from .errors import CannoliError
 
 SUPPORTED_PLUGIN_APIS = (1, 2, 3, 4, 5)
@@ -69,7 +70,7 @@ def cache_dir() -> Path:
 
 def find_qemu(arch: str, explicit: str | None = None) -> Qemu:
     """The QEMU user-mode emulator for `arch`, or a CannoliError saying how to get one."""
-    name = f"qemu-{arch}"
+    name = guest_arch.get(arch).qemu_binary
     if explicit and os.path.isdir(explicit):
         explicit = os.path.join(explicit, name)  # a directory of qemu-<arch> binaries
     path = explicit or shutil.which(name)

@@ -155,8 +155,9 @@ class PositionPlan:
     """Positions of a whole trace from its packets' side data (add) and the
     exec ids of the execs that no segment closed (add_execs)."""
 
-    def __init__(self, blocks: BlockTable, arch: str = "x86_64", keep_segments: bool = True):
-        """keep_segments=False counts without keeping every segment (the
+    def __init__(self, blocks: BlockTable, arch: str | None, keep_segments: bool = True):
+        """arch: the cannoli_db.arch name, needed from finish() on (None until then is allowed).
+        keep_segments=False counts without keeping every segment (the
         recorder's summary): memory stays bounded however long the trace."""
         self.blocks = blocks
         self.arch = arch

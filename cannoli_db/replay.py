@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
+from . import arch as guest_arch
 from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
 from .reexec import RegisterChanges
@@ -144,7 +145,7 @@ def check_range(trace, start: int, end: int, tid: int | None) -> None:
 def steps(trace, start: int, end: int, tid: int | None = None) -> Iterator[Step]:
     """The steps of positions [start, end), checked first (errors come before any step)."""
     check_range(trace, start, end, tid)
-    return _steps(trace, Disassembler(trace.meta.get("arch") or "x86_64"), start, end, tid)
+    return _steps(trace, Disassembler(guest_arch.of_meta(trace.meta, trace.path).name), start, end, tid)
 
 
 def _steps(trace, disasm: Disassembler, start: int, end: int, tid: int | None) -> Iterator[Step]:

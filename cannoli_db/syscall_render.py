@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import import_module
 from types import SimpleNamespace
 from typing import Callable
 
+from . import arch as guest_arch
 from .syscall_tables.errno_messages import MESSAGES
 
 MAX_STRLEN = 32  # strace -s 32 (its default)
@@ -91,10 +91,10 @@ _ESCAPES = {0x22: '\\"', 0x5C: "\\\\", 0x0C: "\\f", 0x0A: "\\n", 0x0D: "\\r", 0x
 
 @lru_cache(maxsize=None)
 def _abi(arch: str) -> SimpleNamespace | None:
-    try:
-        module = import_module(f"{__package__}.syscall_tables.{arch}_abi")
-    except ModuleNotFoundError:
-        return None
+    guest = guest_arch.ARCHES.get(arch)
+    if guest is None:
+        return None  # an architecture without tables: numbers only
+    module = guest.abi
     tables = {k: v for k, v in vars(module).items() if k.isupper()}
     ns = SimpleNamespace(**tables)
     ns.word_bits = 8 * module.WORD_SIZE
@@ -579,7 +579,7 @@ def _clone(c: _Ctx):
     flags_word = c.args[0]
     csignal = abi.CLONE.get("CSIGNAL", 0xFF)
     flags, sig = flags_word & ~csignal, flags_word & csignal
-    tls_arg, ctid_arg = (3, 4) if c.call.arch != "x86_64" else (4, 3)
+    tls_arg, ctid_arg = (3, 4) if guest_arch.get(c.call.arch).clone_backwards else (4, 3)
     names = [_flags(flags, abi.CLONE, "CLONE_???", ("CSIGNAL", "CLONE_NEWCGROUP", "CLONE_CLEAR_SIGHAND",
                                                     "CLONE_INTO_CGROUP"))] if flags else []
     if sig or not names:

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from cannoli_db import __version__, config, guest_binary, native, syscall_tables, tracedir
+from cannoli_db import arch as guest_arch
 from cannoli_db import format as F
 from cannoli_db.decode import split_view
 from cannoli_db.errors import CannoliError
@@ -228,10 +229,9 @@ def _check_interpreter(guest: guest_binary.GuestBinary, sysroot: str | None) -> 
         raise CannoliError(f"-L {sysroot}: no such directory")
     candidates = ([os.path.join(sysroot, interp.lstrip("/"))] if sysroot else []) + [interp]
     if not any(os.path.exists(c) for c in candidates):
-        triple = {"aarch64": "aarch64-linux-gnu", "riscv64": "riscv64-linux-gnu", "arm": "arm-linux-gnueabihf",
-                  "mipsel": "mipsel-linux-gnu"}.get(guest.arch, "<triple>")
+        sysroot = guest_arch.get(guest.arch).sysroot
         raise CannoliError(f"{guest.path} is dynamically linked for {guest.arch} and its loader {interp} was not "
-                           f"found; give its libraries with -L SYSROOT (on Debian: -L /usr/{triple})")
+                           f"found; give its libraries with -L SYSROOT (on Debian: -L {sysroot})")
 
 
 def _take_layout(trace_dir: Path) -> dict | None:

@@ -28,7 +28,7 @@ class _OpenSyscall:
 
 @dataclass
 class StreamStats:
-    arch: str = "x86_64"
+    arch: str                           # cannoli_db.arch name
     blocks_executed: int = 0
     mem_events: int = 0
     syscalls: int = 0

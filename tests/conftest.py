@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from cannoli_db import arch as guest_arch
 from cannoli_db import format as F
 from cannoli_db.decode import iter_packets
 from cannoli_db.query.database import connect
@@ -117,9 +118,9 @@ def compile_guest(compiler: str, name: str, out: Path, static: bool) -> Path:
     return out
 
 
-# QEMU target -> Debian cross toolchain triple (setup.sh installs the compilers)
-CROSS = {"aarch64": "aarch64-linux-gnu", "riscv64": "riscv64-linux-gnu", "arm": "arm-linux-gnueabihf",
-         "mipsel": "mipsel-linux-gnu"}
+HOST_ARCH = "x86_64"  # what `guest` builds with the host's cc
+# foreign architecture -> Debian cross toolchain triple (setup.sh installs the compilers)
+CROSS = {a.name: a.triplet for a in guest_arch.ARCHES.values() if a.name != HOST_ARCH}
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,9 @@
 time with Debian's cross compilers: the same fidelity checks as for x86_64 --
 known stores with their values, syscalls against `qemu-<arch> -strace`,
 instruction counts against the independent counter, mappings (mmap2 on the
-32-bit targets), and replayed instruction bytes against the ELF file."""
+32-bit targets; anonymous by the target's own MAP_ANONYMOUS; files through
+descriptors that fcntl, or fcntl64 on arm and mipsel, duplicated), and
+replayed instruction bytes against the ELF file."""
 
 from __future__ import annotations
 
@@ -101,6 +103,44 @@ def test_mappings_with_the_targets_mmap_call(recorded_cross, arch, tmp_path_fact
     assert ("mmap", anon, 3, None) in rows
     assert any(k == "mmap" and start == file_addr and path == str(data) for k, start, _, path in rows)
     assert stack == 1
+
+
+def fd_mappings(recorded_cross, arch, tmp_path_factory):
+    """tests/guests/fd_mappings.c on a file of 'm's: the trace, the file, the program, and what the
+    guest saw: {mapping: (address, first byte read there)}."""
+    data = tmp_path_factory.getbasetemp() / "fd_mappings.bin"
+    data.write_bytes(b"m" * 8192)
+    program, trace, proc, _ = recorded_cross(arch, "fd_mappings", str(data))
+    assert proc.returncode == 0, proc.stderr
+    seen = {name: (int(addr, 16), int(first)) for name, addr, first in
+            re.findall(r"^(\w+)=(\w+) (\d+)$", proc.stdout, re.M)}
+    with Trace.open(trace) as t:
+        rows = t.sql("SELECT start, path FROM mmaps WHERE kind = 'mmap'").rows
+    return program, data, seen, {name: [path for start, path in rows if start == addr]
+                                 for name, (addr, _) in seen.items()}
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_anonymous_mappings_by_the_targets_own_map_anonymous(recorded_cross, arch, tmp_path_factory):
+    # MAP_ANONYMOUS is 0x800 on MIPS; there 0x20 is MAP_RENAME, which Linux ignores
+    _, data, seen, paths = fd_mappings(recorded_cross, arch, tmp_path_factory)
+    assert set(seen) >= {"anon_fd", "file"} and ("flag20" in seen) == (arch == "mipsel")
+    for name, (_, first) in seen.items():
+        assert first == (0 if name == "anon_fd" else ord("m")), name  # the kernel's answer, as the guest read it
+    assert paths["anon_fd"] == [None]
+    assert paths["file"] == [str(data)]
+    if arch == "mipsel":
+        assert paths["flag20"] == [str(data)]
+
+
+@pytest.mark.parametrize("arch", ARCHES)
+def test_descriptors_duplicated_by_fcntl_keep_their_file(recorded_cross, arch, tmp_path_factory):
+    program, data, seen, paths = fd_mappings(recorded_cross, arch, tmp_path_factory)
+    # glibc's fcntl is the fcntl64 syscall on the 32-bit targets, as QEMU itself reports
+    calls = qemu_strace_names(arch, program, str(data))
+    assert calls.count("fcntl64" if arch in ("arm", "mipsel") else "fcntl") == 2
+    assert seen["dupfd"][1] == seen["cloexec"][1] == ord("m")
+    assert paths["dupfd"] == paths["cloexec"] == [str(data)]
 
 
 @pytest.mark.parametrize("arch", ARCHES)

@@ -61,3 +61,16 @@ def test_damaged_index_says_rebuild_and_rebuilds(trace, damage):
     assert run_cannoli("index", path).returncode == 0
     with Trace.open(path) as t:
         assert t.meta["index_instructions"] == counted
+
+
+def test_damaged_meta_json_and_a_missing_program_leave_the_architecture_unknown(guest, tmp_path):
+    # the chunks do not name the architecture: without meta.json it comes from the program's ELF header
+    program = tmp_path / "known_stores"
+    shutil.copy(guest("known_stores"), program)
+    path = tmp_path / "t.cannoli"
+    assert run_cannoli("record", "--no-index", "-o", path, program).returncode == 42
+    (path / "meta.json").write_text('{"broken')
+    program.unlink()
+    index = run_cannoli("index", path)
+    assert index.returncode == 1 and index.stderr.count("\n") == 1 and "Traceback" not in index.stderr
+    assert "architecture is unknown" in index.stderr and "meta.json" in index.stderr

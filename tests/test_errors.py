@@ -59,11 +59,14 @@ def test_script_whose_interpreter_cannot_run(tmp_path, line, says):
     assert not (tmp_path / "t").exists()
 
 
-def test_architecture_without_qemu(tmp_path):
-    program = tmp_path / "avr-firmware"
-    fake_elf(program, 83)  # EM_AVR: QEMU has no user-mode emulator for it
+# EM_AVR: QEMU has no user-mode emulator for it; EM_PPC64: QEMU runs it, Cannoli DB has no tables for it
+@pytest.mark.parametrize("e_machine, name", [(83, "EM_AVR"), (21, "EM_PPC64")])
+def test_architecture_not_supported(tmp_path, e_machine, name):
+    program = tmp_path / "firmware"
+    fake_elf(program, e_machine)
     proc = run_cannoli("record", "-o", tmp_path / "t", program)
-    assert_clean_error(proc, "EM_AVR", "no QEMU user-mode emulator")
+    assert_clean_error(proc, name, "not an architecture Cannoli DB records", "mipsel")
+    assert not (tmp_path / "t").exists()
 
 
 def test_missing_qemu(guest, tmp_path):

@@ -19,7 +19,7 @@ values are read back from its data (pyelftools), so expressions such as
 the target's own numbers.
 
 Run from the repository root after installing the cross compilers:
-    python3 tools/gen_syscall_tables.py
+    .venv/bin/python tools/gen_syscall_tables.py
 """
 
 from __future__ import annotations
@@ -28,19 +28,17 @@ import errno
 import os
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-TARGETS = {  # QEMU target name -> (compiler, extra cpp flags)
-    "x86_64": ("gcc", []),
-    "aarch64": ("aarch64-linux-gnu-gcc", []),
-    "riscv64": ("riscv64-linux-gnu-gcc", []),
-    "arm": ("arm-linux-gnueabihf-gcc", []),
-    "mipsel": ("mipsel-linux-gnu-gcc", ["-mabi=32"]),
-}
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from cannoli_db.arch import ARCHES  # noqa: E402 (from the checkout this script is in)
+
+TARGETS = {a.name: (a.compiler, list(a.compiler_flags)) for a in ARCHES.values()}  # arch -> (compiler, flags)
 OUT = ROOT / "cannoli_db" / "syscall_tables"
 PLUGIN_TABLES = ROOT / "qemu_patches" / "plugin" / "syscall_tables.h"
 

@@ -30,6 +30,7 @@ from elftools.elf.elffile import ELFFile
 
 import numpy as np
 
+from .. import arch as guest_arch
 from ..errors import CannoliError
 from ..query import Trace, window
 from ..replay import MAX_BLOCK_INSNS
@@ -99,7 +100,7 @@ class History:
     def __init__(self, trace: Trace, pid: int | None = None):
         self.trace = trace
         self.end = int(trace.meta.get("index_instructions") or 0)
-        self.arch = trace.meta.get("arch") or "x86_64"
+        self.arch = guest_arch.of_meta(trace.meta, trace.path).name
         rows = trace.sql("SELECT tid, pid, first_idx, last_idx, exited FROM threads "
                          "WHERE first_idx IS NOT NULL ORDER BY first_idx").rows
         if not rows:

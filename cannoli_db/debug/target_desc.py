@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from html import escape as xml_escape
 
+from .. import arch as guest_arch
 from ..errors import CannoliError
 
 
@@ -34,17 +35,31 @@ class Register:
 class Target:
     """An architecture as gdb sees it."""
 
-    arch: str                      # the trace's meta.arch
+    guest: guest_arch.Arch         # the trace's meta.arch; its pc and sp are the registers named there
     gdb_arch: str                  # <architecture> in the XML
     registers: tuple[Register, ...]
     features: dict                 # short feature name -> (gdb feature name, type definitions XML)
-    pc: str                        # register names of the pc, stack pointer and frame pointer
-    sp: str
-    fp: str
+    fp: str                        # the frame pointer's register name
     # gdbarch_have_nonsteppable_watchpoint: gdb expects the stop *before* the access and steps
     # over it itself (infrun.c, handle_signal_stop), in either direction
     watch_stops_before_access: bool
-    word: int = 8                  # bytes of an address (auxv entries)
+
+    @property
+    def arch(self) -> str:
+        return self.guest.name
+
+    @property
+    def pc(self) -> str:
+        return self.guest.pc_register
+
+    @property
+    def sp(self) -> str:
+        return self.guest.sp_register
+
+    @property
+    def word(self) -> int:
+        """Bytes of an address (auxv entries)."""
+        return self.guest.pointer_size
 
     def number(self, name: str) -> int | None:
         for n, reg in enumerate(self.registers):
@@ -102,7 +117,7 @@ _CPSR = _flags("cpsr_flags", 4, {"SP": 0, "EL0": 2, "EL1": 3, "F": 6, "I": 7, "A
 _X86_GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", *(f"r{n}" for n in range(8, 16)))
 
 X86_64 = Target(
-    arch="x86_64",
+    guest=guest_arch.get("x86_64"),
     gdb_arch="i386:x86-64",
     registers=(
         *(Register(name, 64, "data_ptr" if name in ("rbp", "rsp") else "int64") for name in _X86_GPRS),
@@ -120,12 +135,12 @@ X86_64 = Target(
     ),
     features={"core": ("org.gnu.gdb.i386.core", _EFLAGS), "sse": ("org.gnu.gdb.i386.sse", _VEC128),
               "linux": ("org.gnu.gdb.i386.linux", ""), "segments": ("org.gnu.gdb.i386.segments", "")},
-    pc="rip", sp="rsp", fp="rbp",
+    fp="rbp",
     watch_stops_before_access=False,
 )
 
 AARCH64 = Target(
-    arch="aarch64",
+    guest=guest_arch.get("aarch64"),
     gdb_arch="aarch64",
     registers=(
         *(Register(f"x{n}", 64) for n in range(31)),
@@ -134,7 +149,7 @@ AARCH64 = Target(
         Register("cpsr", 32, "cpsr_flags"),
     ),
     features={"core": ("org.gnu.gdb.aarch64.core", _CPSR)},
-    pc="pc", sp="sp", fp="x29",
+    fp="x29",
     watch_stops_before_access=True,
 )
 
@@ -143,6 +158,6 @@ TARGETS = {t.arch: t for t in (X86_64, AARCH64)}
 
 def target_for(arch: str) -> Target:
     try:
-        return TARGETS[arch]
+        return TARGETS[guest_arch.get(arch).name]
     except KeyError:
-        raise CannoliError(f"cannoli gdbserver debugs x86_64 and aarch64 traces; this one is {arch}") from None
+        raise CannoliError(f"cannoli gdbserver debugs {' and '.join(TARGETS)} traces; this one is {arch}") from None

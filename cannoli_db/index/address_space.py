@@ -7,10 +7,12 @@ interpreter's for a dynamic program); the program's ELF program headers give
 its segments, and the first executed block gives the interpreter's load bias.
 Later changes come from the syscalls table (mmap, munmap, mprotect, mremap,
 brk); a mapping's file comes from the open call that made its descriptor
-(path strings are recorded by the plugin).  Modules are the program, the
-interpreter and every ELF file mapped at offset 0; their symbols, and those of
-their separate debug files (cannoli_db.symbols), are relocated to where they
-were loaded.
+(path strings are recorded by the plugin), followed through dup, dup2, dup3
+and fcntl (fcntl64 on the 32-bit targets).  The MAP_ and F_ constants are
+the target's own (cannoli_db.arch): MAP_ANONYMOUS is 0x800 on MIPS.  Modules
+are the program, the interpreter and every ELF file mapped at offset 0; their
+symbols, and those of their separate debug files (cannoli_db.symbols), are
+relocated to where they were loaded.
 """
 
 from __future__ import annotations
@@ -22,17 +24,16 @@ import pyarrow as pa
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from .. import arch as guest_arch
 from .. import format as F
 from .. import symbols
 
 PAGE = 4096
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
-MAP_ANONYMOUS = 0x20
 MAX_ERRNO = 4095
 
 OPEN_CALLS = {"open": 0, "openat": 1, "creat": 0, "openat2": 1}
 DUP_CALLS = {"dup", "dup2", "dup3"}
-F_DUPFD, F_DUPFD_CLOEXEC = 0, 1030
 
 
 def page_down(x: int) -> int:
@@ -164,7 +165,8 @@ def _qemu_regions(b: _Builder, pid: int, layout: dict) -> None:
         b.mmaps.append((None, None, pid, "initial", start, end, prot, None, name, None))
 
 
-def _changes(b: _Builder, con) -> None:
+def _changes(b: _Builder, con, guest: guest_arch.Arch) -> None:
+    fcntl_calls, dupfd, map_anonymous = set(guest.fcntl_calls), guest.fcntl_dupfd, guest.map_anonymous
     calls = con.execute(
         "SELECT idx, tid, pid, name, arg0, arg1, arg2, arg3, arg4, arg5, ret FROM syscalls "
         "WHERE name IS NOT NULL ORDER BY seq"
@@ -181,11 +183,11 @@ def _changes(b: _Builder, con) -> None:
             table[ret] = strings.get((idx, OPEN_CALLS[name]))
         elif name == "close" and ret == 0:
             table.pop(a0, None)
-        elif (name in DUP_CALLS or (name == "fcntl" and a1 in (F_DUPFD, F_DUPFD_CLOEXEC))) and not failed(ret):
+        elif (name in DUP_CALLS or (name in fcntl_calls and a1 in dupfd)) and not failed(ret):
             table[ret] = table.get(a0)
         elif name in ("mmap", "mmap2") and not failed(ret):
             fd = np.int32(np.uint32(a4 & 0xFFFFFFFF))
-            anonymous = bool(a3 & MAP_ANONYMOUS) or fd < 0
+            anonymous = bool(a3 & map_anonymous) or fd < 0
             path = None if anonymous else table.get(int(fd))
             offset = a5 * (PAGE if name == "mmap2" else 1)
             b.mmaps.append((idx, tid, pid, "mmap", ret, ret + page_up(a1), a2, a3, path, None if anonymous else offset))
@@ -241,7 +243,7 @@ def load(con, meta: dict, events) -> None:
     """Fill mmaps, modules and symbols (the syscalls tables must be loaded)."""
     b = _Builder(meta.get("sysroot"))
     _initial_layout(b, meta, events)
-    _changes(b, con)
+    _changes(b, con, guest_arch.of_meta(meta))
     if b.mmaps:
         con.executemany("INSERT INTO mmaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", b.mmaps)
     if b.modules:

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401 (pa.compute)
 import pyarrow.parquet as pq
 
+from .. import arch as guest_arch
 from .. import format as F
 from .. import guest_binary, schema, store, tracedir
 from ..chunkfile import drop_heavy
@@ -89,13 +90,14 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False, _limit: 
     meta = _recover_layout(trace_dir, meta)
     arch = meta.get("qemu_target") or meta.get("arch")
     blocks, events = BlockTable(), EventLog()
-    plan = PositionPlan(blocks, arch or "x86_64")
+    plan = PositionPlan(blocks, arch)  # without meta.json: known after pass A, before plan.finish() needs it
     with Progress("indexing", total=2 * len(files), quiet=quiet) as progress:
         scan = _pass_a(files, blocks, plan, events, progress)
         problem = scan.problem or problem
         files = files[: scan.chunks]
         if arch is None:
-            meta["arch"] = plan.arch = arch = _arch_from_process(events)
+            meta["arch"] = arch = _arch_from_process(trace_dir, events)
+        plan.arch = arch = guest_arch.get(arch).name
         if scan.versions and min(scan.versions) < 3:
             raise CannoliError(tracedir.older_format(trace_dir, min(scan.versions)))
         keep_heavy = _finish_tails(files, plan, scan)
@@ -150,15 +152,16 @@ def _meta_or_stand_in(trace_dir: Path) -> dict:
                 "error": f"{exc}; indexed from the chunks alone"}
 
 
-def _arch_from_process(events: EventLog) -> str:
-    """The guest architecture from the program that the PROCESS event names."""
+def _arch_from_process(trace_dir: Path, events: EventLog) -> str:
+    """The guest architecture from the program that the PROCESS event names (when meta.json cannot say)."""
     ev = events.table()
     for e in ev[ev["kind"] == F.EV_PROCESS]:
         try:
             return guest_binary.inspect(events.blob(e).decode(errors="surrogateescape")).arch
         except (CannoliError, OSError):
             continue
-    return "x86_64"
+    raise CannoliError(f"{trace_dir}: meta.json is damaged and the recorded program cannot be read, so the "
+                       f"guest's architecture is unknown; put the program back where it was recorded and index again")
 
 
 def _remove_stale_temps(trace_dir: Path, meta: dict) -> None:
@@ -342,7 +345,8 @@ class _CallWalk:
                 sigreturns.setdefault(int(e["stream"]), []).append(plan.syscall_position(int(e["seq"])))
         self.order = calls.InOrder(self.walker, sigreturns)
         # the stack pointer's register number, where the trace has registers
-        self.sp_reg = next((n for n, name in enumerate(events.register_names()) if name in ("rsp", "sp")), None)
+        sp = guest_arch.get(arch).sp_register
+        self.sp_reg = next((n for n, name in enumerate(events.register_names()) if name == sp), None)
         self.seconds = time.monotonic() - started
 
     def feeds(self, views, exec_table, regs_table) -> list:

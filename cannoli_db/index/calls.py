@@ -30,6 +30,7 @@ import cffi
 import numpy as np
 import pyarrow as pa
 
+from .. import arch as guest_arch
 from .. import native, syscall_tables
 from ..disasm import Disassembler
 from ..errors import CannoliError
@@ -146,8 +147,9 @@ def classify_blocks(arch: str, code: BlockCode) -> BlockFacts:
     insn_pc = code.pc[np.repeat(np.arange(len(code.pc)), code.n_insns)] + \
         (offsets[:-1] - np.repeat(offsets[np.cumsum(code.n_insns) - code.n_insns], code.n_insns)).astype(np.uint64)
     firsts = np.cumsum(code.n_insns) - code.n_insns
-    rule = _RULES.get(arch)
-    disassembler = Disassembler(arch, detail=True) if rule else None
+    guest = guest_arch.get(arch)
+    rule = _RULES[guest.name]
+    disassembler = Disassembler(arch, detail=True)
     blocks = []
     for k, bid in enumerate(code.block_id.tolist()):
         first, count = int(firsts[k]), int(code.n_insns[k])
@@ -156,20 +158,20 @@ def classify_blocks(arch: str, code: BlockCode) -> BlockFacts:
         end_pc[bid] = int(code.pc[k]) + stop - start
         blocks.append((bid, int(code.pc[k]), code.code[start:stop], code.insn_size[first: first + count].tolist()))
     thumb = [None] * len(blocks)
-    if arch == "arm":
+    if guest.capstone_thumb:
         thumb = disassembler.arm_modes(code.pc, [disassembler.thumb_of(pc, c, s) if s else True
                                                  for _, pc, c, s in blocks])
     for (bid, pc, block_code, sizes), is_thumb in zip(blocks, thumb):
-        if rule is None or not sizes:
+        if not sizes:
             continue
         cs = disassembler.capstone_for(pc, block_code, sizes, is_thumb)
         kind[bid], site_back[bid], site_pc[bid], ret_addr[bid], target[bid] = _classify_block(
-            arch, rule, cs, pc, block_code, sizes)
+            guest, rule, cs, pc, block_code, sizes)
     return BlockFacts(kind, site_back, site_pc, ret_addr, target, end_pc, n_insns, insn_first, insn_pc)
 
 
-def _classify_block(arch, rule, cs: capstone.Cs, pc: int, code: bytes, sizes: list[int]):
-    back = 1 if arch in _DELAY_SLOT and len(sizes) >= 2 else 0
+def _classify_block(guest: guest_arch.Arch, rule, cs: capstone.Cs, pc: int, code: bytes, sizes: list[int]):
+    back = 1 if guest.delay_slot and len(sizes) >= 2 else 0
     for site_back in ((back, 0) if back else (0,)):
         n = len(sizes) - 1 - site_back
         at = pc + sum(sizes[:n])
@@ -179,7 +181,7 @@ def _classify_block(arch, rule, cs: capstone.Cs, pc: int, code: bytes, sizes: li
         kind, target = rule(insn)
         if kind != NONE or site_back == 0:
             # the return address is after the call (and after its delay slot)
-            ret_addr = at + insn.size + (4 if arch in _DELAY_SLOT else 0) if kind == CALL else 0
+            ret_addr = at + insn.size + (4 if guest.delay_slot else 0) if kind == CALL else 0
             return kind, site_back, at, ret_addr, target
 
 
@@ -286,9 +288,8 @@ def _mips(insn):
     return NONE, 0
 
 
-_RULES = {"x86_64": _x86, "i386": _x86, "aarch64": _aarch64, "arm": _arm, "riscv64": _riscv, "mipsel": _mips,
-          "mips": _mips}
-_DELAY_SLOT = {"mips", "mipsel"}
+# by cannoli_db.arch name
+_RULES = {"x86_64": _x86, "aarch64": _aarch64, "arm": _arm, "riscv64": _riscv, "mipsel": _mips}
 
 
 def sigreturn_numbers(arch: str) -> set[int]:
@@ -300,7 +301,6 @@ class CallWalker:
     """The C walker over one trace's blocks; threads are fed independently, each in position order."""
 
     def __init__(self, arch: str, code: BlockCode):
-        # an architecture without rules classifies every block UNKNOWN: no frames, nothing guessed
         self.facts = classify_blocks(arch, code)
         f = self.facts  # the C side reads these arrays in place: they live as long as the walker
         lib = _library()

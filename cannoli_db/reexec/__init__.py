@@ -17,6 +17,7 @@ One emulator per architecture and process is kept (`emulator_for`).
 
 from __future__ import annotations
 
+from .. import arch as guest_arch
 from ..errors import CannoliError
 from .arches import arch
 from .emulator import Access, Emulator
@@ -26,7 +27,7 @@ _EMULATORS: dict[str, Emulator] = {}
 
 
 def emulator_for(trace) -> Emulator:
-    name = trace.meta.get("arch") or "x86_64"
+    name = guest_arch.of_meta(trace.meta, trace.path).name
     if name not in _EMULATORS:
         _EMULATORS[name] = Emulator(arch(name))
     return _EMULATORS[name]

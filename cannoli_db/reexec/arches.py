@@ -1,6 +1,7 @@
-"""Per-architecture facts for re-execution, in one table (ARCHES).
+"""Per-architecture facts for re-execution, in one table (ARCHES), keyed by
+cannoli_db.arch (which has the capstone modes and the word size).
 
-For each QEMU target: the unicorn architecture, mode and CPU model; the
+For each architecture: the unicorn architecture, mode and CPU model; the
 recorded registers by gdb name (the names the plugin records, see
 docs/format.md §4a) and their unicorn ids; the pc; the flags register and
 which of its bits the emulator computes; how a capstone register name maps to
@@ -21,9 +22,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable
 
-import capstone
 import unicorn
 from unicorn import arm64_const as A64, arm_const as ARM, mips_const as MIPS, riscv_const as RV, x86_const as X86
+
+from .. import arch as guest_arch
 
 
 KEEP = -1  # Flags.after: the instruction leaves the extra bits as they were
@@ -45,12 +47,10 @@ class Flags:
 
 @dataclass(frozen=True)
 class Arch:
-    name: str
+    guest: guest_arch.Arch
     uc_arch: int
     uc_mode: int
     cpu_model: int | None
-    cs_arch: int
-    cs_mode: int
     regs: dict[str, int]               # recorded gdb name -> unicorn id (flags and pc excluded)
     pc: int                            # unicorn id of the pc
     flags: Flags | None
@@ -59,10 +59,8 @@ class Arch:
     partial_write: Callable[[str, str, bool], bool]  # (mnemonic, canonical, written name) -> keeps old bits
     environment: frozenset[str]        # mnemonics whose outputs come from outside the block
     environment_prefixes: tuple[str, ...] = ()
-    thumb_mode: int | None = None      # capstone mode for arm Thumb blocks
     zero_idioms: frozenset[str] = field(default_factory=frozenset)  # `op r, r` that read nothing
     has_regs_access: bool = True       # capstone can list implicit reads and writes for this arch
-    word_bits: int = 64
     syscall_regs: tuple[str, ...] = ()  # the syscall number's register, then the argument registers
     # mnemonics after which the flags are unknown: they leave flags undefined, and QEMU versions
     # (the recording's, unicorn's 5.0) compute them differently
@@ -78,6 +76,14 @@ class Arch:
     # registers whose size the recording's CPU and unicorn's differ on: an instruction touching one
     # has unknown outputs (aarch64 SVE: QEMU 10 `max` has 512-bit vectors, unicorn's QEMU 5 none usable)
     foreign_registers: str | None = None  # a regular expression over capstone register names
+
+    @property
+    def name(self) -> str:
+        return self.guest.name
+
+    @property
+    def word_bits(self) -> int:
+        return 8 * self.guest.pointer_size
 
 
 # -- x86 ---------------------------------------------------------------------
@@ -245,20 +251,13 @@ _RISCV_REGS = ("ra", "sp", "gp", "tp", "t0", "t1", "t2", "fp", "s1", "a0", "a1",
                "a7", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "t3", "t4", "t5", "t6")
 
 
-def _mips_arch(name: str, endian: int, cs_endian: int) -> Arch:
-    regs = {f"r{n}": getattr(MIPS, f"UC_MIPS_REG_{n}") for n in range(1, 32)}
-    regs |= {"lo": MIPS.UC_MIPS_REG_LO, "hi": MIPS.UC_MIPS_REG_HI}
-    return Arch(name, unicorn.UC_ARCH_MIPS, unicorn.UC_MODE_MIPS32 | endian, None,
-                capstone.CS_ARCH_MIPS, capstone.CS_MODE_MIPS32 | cs_endian, regs, MIPS.UC_MIPS_REG_PC, None,
-                _mips_canonical, frozenset({"zero"}), _never_partial,
-                frozenset({"syscall", "rdhwr", "break", "teq", "mfc0", "sdbbp"}), has_regs_access=False,
-                word_bits=32, syscall_regs=("r2", "r4", "r5", "r6", "r7"))  # o32: arguments 5 and 6 are on the stack
+_MIPS_REGS = {f"r{n}": getattr(MIPS, f"UC_MIPS_REG_{n}") for n in range(1, 32)} | {
+    "lo": MIPS.UC_MIPS_REG_LO, "hi": MIPS.UC_MIPS_REG_HI}
 
 
-ARCHES: dict[str, Arch] = {
-    "x86_64": Arch(
-        "x86_64", unicorn.UC_ARCH_X86, unicorn.UC_MODE_64, X86.UC_CPU_X86_HASWELL,
-        capstone.CS_ARCH_X86, capstone.CS_MODE_64,
+ARCHES: dict[str, Arch] = {a.name: a for a in (
+    Arch(
+        guest_arch.get("x86_64"), unicorn.UC_ARCH_X86, unicorn.UC_MODE_64, X86.UC_CPU_X86_HASWELL,
         _x86_regs(("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
                    "r14", "r15", "fs_base")),
         X86.UC_X86_REG_RIP, Flags("eflags", X86.UC_X86_REG_EFLAGS, 0xFFFFFFFF),
@@ -266,54 +265,39 @@ ARCHES: dict[str, Arch] = {
         zero_idioms=_X86_ZERO,
         syscall_regs=("rax", "rdi", "rsi", "rdx", "r10", "r8", "r9"), flags_undefined=_X86_FLAGS_UNDEFINED,
         rep_count="rcx", atomic_mnemonics=("lock ",)),
-    "i386": Arch(
-        "i386", unicorn.UC_ARCH_X86, unicorn.UC_MODE_32, X86.UC_CPU_X86_HASWELL,
-        capstone.CS_ARCH_X86, capstone.CS_MODE_32,
-        {name: getattr(X86, f"UC_X86_REG_{name.upper()}") for name in
-         ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp")},
-        X86.UC_X86_REG_EIP, Flags("eflags", X86.UC_X86_REG_EFLAGS, 0xFFFFFFFF),
-        lambda n: {"rax": "eax", "rbx": "ebx", "rcx": "ecx", "rdx": "edx", "rsi": "esi", "rdi": "edi",
-                   "rbp": "ebp", "rsp": "esp"}.get(_x86_canonical(n), _x86_canonical(n)),
-        frozenset(), _x86_partial, _X86_ENVIRONMENT, environment_prefixes=_X86_ATOMIC_RESULT,
-        zero_idioms=_X86_ZERO, word_bits=32,
-        syscall_regs=("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp"), flags_undefined=_X86_FLAGS_UNDEFINED,
-        rep_count="ecx", atomic_mnemonics=("lock ",)),
-    "aarch64": Arch(
-        "aarch64", unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM, A64.UC_CPU_ARM64_MAX,
-        capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM,
+    Arch(
+        guest_arch.get("aarch64"), unicorn.UC_ARCH_ARM64, unicorn.UC_MODE_ARM, A64.UC_CPU_ARM64_MAX,
         {f"x{n}": getattr(A64, f"UC_ARM64_REG_X{n}") for n in range(31)} | {"sp": A64.UC_ARM64_REG_SP},
         A64.UC_ARM64_REG_PC, Flags("cpsr", A64.UC_ARM64_REG_NZCV, 0xF0000000, 0xC00, _a64_btype),
         _a64_canonical, frozenset({"zr"}), _a64_partial, _A64_ENVIRONMENT, environment_prefixes=("mrs",),
         syscall_regs=("x8", "x0", "x1", "x2", "x3", "x4", "x5"), atomic_mnemonics=_A64_ATOMIC,
         stores_unrecorded=frozenset({"dc"}), foreign_registers=r"^([zp]\d+|ffr)$"),
-    "arm": Arch(
-        "arm", unicorn.UC_ARCH_ARM, unicorn.UC_MODE_ARM, ARM.UC_CPU_ARM_MAX,
-        capstone.CS_ARCH_ARM, capstone.CS_MODE_ARM,
+    Arch(
+        guest_arch.get("arm"), unicorn.UC_ARCH_ARM, unicorn.UC_MODE_ARM, ARM.UC_CPU_ARM_MAX,
         {f"r{n}": getattr(ARM, f"UC_ARM_REG_R{n}") for n in range(13)} | {"sp": ARM.UC_ARM_REG_SP,
                                                                          "lr": ARM.UC_ARM_REG_LR},
         ARM.UC_ARM_REG_PC, Flags("cpsr", ARM.UC_ARM_REG_APSR, 0xF80F0000),
         _arm_canonical, frozenset(), _arm_partial, frozenset({"svc", "bkpt", "udf"}),
-        environment_prefixes=("mrc", "mrrc", "vmrs"), thumb_mode=capstone.CS_MODE_THUMB, word_bits=32,
+        environment_prefixes=("mrc", "mrrc", "vmrs"),
         syscall_regs=("r7", "r0", "r1", "r2", "r3", "r4", "r5")),
-    "riscv64": Arch(
-        "riscv64", unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64, None,
-        capstone.CS_ARCH_RISCV, capstone.CS_MODE_RISCV64 | capstone.CS_MODE_RISCVC,
+    Arch(
+        guest_arch.get("riscv64"), unicorn.UC_ARCH_RISCV, unicorn.UC_MODE_RISCV64, None,
         {name: getattr(RV, f"UC_RISCV_REG_{name.upper()}") for name in _RISCV_REGS},
         RV.UC_RISCV_REG_PC, None, _riscv_canonical, frozenset({"zero"}), _never_partial,
         frozenset({"ecall", "ebreak", "rdtime", "rdcycle", "rdinstret", "frflags", "frrm", "frcsr"}),
         environment_prefixes=("csr",), has_regs_access=False,
         syscall_regs=("a7", "a0", "a1", "a2", "a3", "a4", "a5")),
-    "mipsel": _mips_arch("mipsel", unicorn.UC_MODE_LITTLE_ENDIAN, capstone.CS_MODE_LITTLE_ENDIAN),
-}
+    Arch(
+        guest_arch.get("mipsel"), unicorn.UC_ARCH_MIPS, unicorn.UC_MODE_MIPS32 | unicorn.UC_MODE_LITTLE_ENDIAN, None,
+        _MIPS_REGS, MIPS.UC_MIPS_REG_PC, None, _mips_canonical, frozenset({"zero"}), _never_partial,
+        frozenset({"syscall", "rdhwr", "break", "teq", "mfc0", "sdbbp"}), has_regs_access=False,
+        syscall_regs=("r2", "r4", "r5", "r6", "r7")),  # o32: arguments 5 and 6 are on the stack
+)}
 
 
-def arch(name: str | None) -> Arch:
-    from ..errors import CannoliError
-
-    found = ARCHES.get(name or "x86_64")
-    if found is None:
-        raise CannoliError(f"re-execution does not support {name!r} guests (supported: {', '.join(ARCHES)})")
-    return found
+def arch(name: str) -> Arch:
+    """The re-execution facts of an architecture (a CannoliError for a name cannoli_db.arch does not know)."""
+    return ARCHES[guest_arch.get(name).name]
 
 
 def register_names(a: Arch) -> list[str]:

@@ -109,9 +109,9 @@ def _flow(a: Arch, insn) -> Flow:
     for op in ops:
         if op.type == capstone.CS_OP_MEM:
             reads |= {name(r) for r in (op.mem.base, op.mem.index) if r}
-            if a.name in ("x86_64", "i386") and op.mem.segment:
+            if a.name == "x86_64" and op.mem.segment:
                 reads.add(name(op.mem.segment))
-    if a.name in ("x86_64", "i386"):
+    if a.name == "x86_64":
         for _, op in reg_ops:
             if op.access & capstone.CS_AC_READ:
                 reads.add(name(op.reg))

@@ -30,7 +30,6 @@ import ctypes
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import capstone
 import unicorn
 from unicorn.unicorn_py3.unicorn import uclib
 
@@ -124,13 +123,7 @@ class Emulator:
         self._ids = [a.regs[n] for n in a.regs] + ([a.flags.uc_id] if a.flags else [])
         self._slot = self.slot = {name: k for k, name in enumerate(self._names)}
         self._picks: dict[frozenset, tuple] = {}  # known set -> (names, slots) of the known GPRs
-        self._cs = capstone.Cs(a.cs_arch, a.cs_mode)
-        self._cs.detail = True
-        self._thumb_cs = None
-        if a.thumb_mode is not None:
-            self._thumb_cs = capstone.Cs(a.cs_arch, a.thumb_mode)
-            self._thumb_cs.detail = True
-            self._disasm = Disassembler(a.name)
+        self._disasm = Disassembler(a.name, detail=True)
         self._codes: dict[int, Code] = {}
         self._run: _Run | _PlainRun | None = None
         # two unicorn machines: adding or removing a code hook makes unicorn drop its translations,
@@ -164,11 +157,11 @@ class Emulator:
         if cached is None:
             if len(self._codes) >= MAX_CODE_CACHE:
                 self._codes.clear()
-            thumb = self._thumb_cs is not None and self._disasm.is_thumb(pc, code, sizes)
+            thumb = self._disasm.is_thumb(pc, code, sizes)
             pcs = [pc]
             for size in sizes:
                 pcs.append(pcs[-1] + size)
-            flows = block_flows(self.arch, self._thumb_cs if thumb else self._cs, pc, code, sizes)
+            flows = block_flows(self.arch, self._disasm.capstone_for(pc, code, sizes, thumb), pc, code, sizes)
             cached = Code(pc, bytes(code), pcs, flows, thumb, {p: i for i, p in enumerate(pcs[:-1])})
             self._codes[block_id] = cached
         return cached

@@ -1,30 +1,28 @@
-"""Per-architecture syscall tables: number -> name, and which arguments matter
-for the address-space (mmaps) derivation.  One module per architecture."""
+"""Per-architecture syscall tables: number -> name (<arch>.py) and the ABI
+constants (<arch>_abi.py), one module each per cannoli_db.arch entry."""
 
 from __future__ import annotations
 
-from importlib import import_module
+from .. import arch as guest_arch
 
-
-WORD_BITS_32 = {"arm", "mipsel", "mips", "i386", "riscv32"}
+# the 32-bit targets' word masks
+_NARROW = {a.name: a.word_mask for a in guest_arch.ARCHES.values() if a.pointer_size < 8}
 
 
 def word(arch: str, value: int) -> int:
     """A syscall argument as the guest saw it: QEMU hands a 32-bit guest's
     registers over sign-extended to 64 bits."""
-    return value & 0xFFFFFFFF if arch in WORD_BITS_32 else value
+    mask = _NARROW.get(arch)
+    return value if mask is None else value & mask
 
 
 def result(arch: str, ret: int | None) -> int | None:
     """A return value: an error stays -errno, anything else is the guest's word."""
     if ret is None or -4095 <= ret < 0:
         return ret
-    return ret & 0xFFFFFFFF if arch in WORD_BITS_32 else ret
+    return word(arch, ret)
 
 
 def names(arch: str) -> dict[int, str]:
-    """Syscall names for `arch` (a QEMU target name); empty if unknown."""
-    try:
-        return import_module(f"{__name__}.{arch}").NAMES
-    except ModuleNotFoundError:
-        return {}
+    """Syscall names for `arch` (a cannoli_db.arch name; a CannoliError for another)."""
+    return guest_arch.get(arch).syscall_names
