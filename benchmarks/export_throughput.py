@@ -44,7 +44,7 @@ def main() -> None:
         runs = [("parquet", big, work / "big.parquet"), ("drcov", big, work / "big.drcov"),
                 ("tenet", small, work / "small.tenet")]
         for fmt, trace, out in runs:
-            wall, _, rss = run_measured([*CANNOLI, "export", str(trace), "--format", fmt, "-o", str(out)])
+            wall, _, rss = run_measured([*CANNOLI, "export", fmt, str(trace), "-o", str(out)])
             n = events(trace)
             table.add_row(fmt, f"{n:,}", f"{wall:.2f}", f"{n / wall / 1e6:.1f} M", f"{rss / 2**20:.0f} MiB")
     Console().print(table)

@@ -4,7 +4,7 @@ Records `workloads/mem_stream.c` (default 20 M iterations: about 220 M
 instructions, 20 M blocks and 40 M memory accesses), indexes it, then:
 
 * replay: `cannoli replay TRACE --range S:+1000000` to /dev/null, text and
-  json, wall time of the whole command (Python start-up included);
+  jsonl, wall time of the whole command (Python start-up included);
 * analyze: a trivial analysis (count the events each chunk holds) through
   Trace.analyze on 2 worker processes, once reading only `idx` of exec and mem,
   once reading every column; events per second.
@@ -77,7 +77,7 @@ def measure(trace: Path, cannoli: list[str]) -> None:
     replay = Table(title=f"replay of {REPLAY_INSNS:,} instructions (trace of {total:,})")
     for col in ("format", "wall s", "instructions/s", "target < 10 s"):
         replay.add_column(col, justify="right")
-    for fmt in ("text", "json"):
+    for fmt in ("text", "jsonl"):
         wall, _ = timed(lambda: subprocess.run(
             [*cannoli, "replay", str(trace), "--range", f"{start}:+{REPLAY_INSNS}", "--format", fmt],
             check=True, stdout=subprocess.DEVNULL))

@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 # public name -> the module that defines it
 _EXPORTS = {"Analysis": ".analyze", "Chunk": ".analyze", "CannoliError": ".errors", "Frame": ".query",
-            "Memory": ".query", "Rows": ".query", "Trace": ".query", "Write": ".query"}
+            "Memory": ".query", "Rows": ".query", "Trace": ".query", "Write": ".query",
+            "Writes": ".query"}
 
 __all__ = [*sorted(_EXPORTS), "__version__"]
 

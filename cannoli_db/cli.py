@@ -1,20 +1,31 @@
 """`cannoli`: a thin click layer over the Python API.
 
+Each command parses its arguments, calls one function of the API and renders
+the answer through cannoli_db/output.py (`--format`, the same everywhere).
 Data goes to stdout, progress and summaries to stderr; a user error is one line
-(click.ClickException) and a non-zero exit status, never a traceback.
+(click.ClickException) and a non-zero exit status, never a traceback.  An old
+spelling still works for one release and says the new one on stderr once the
+command has succeeded (_say_after).
 """
 
 from __future__ import annotations
 
-import json
+import shlex
 import sys
 from pathlib import Path
 
 import click
 
 from . import __version__, paths
-from .output import output_options, write_rows
+from .output import output_options, write_result, write_rows
 from .errors import CannoliError
+
+_NOTES = "cannoli.notes"  # ctx.meta key (shared by nested contexts): lines for stderr after success
+
+
+def _say_after(note: str, ctx: click.Context | None = None) -> None:
+    """A line for stderr once the command has succeeded (an old spelling's new form)."""
+    (ctx or click.get_current_context()).meta.setdefault(_NOTES, []).append(note)
 
 
 class _Group(click.Group):
@@ -22,7 +33,10 @@ class _Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            for note in ctx.meta.get(_NOTES, ()):
+                click.echo(f"cannoli: {note}", err=True)
+            return result
         except CannoliError as exc:
             raise click.ClickException(str(exc)) from None
         except Exception as exc:
@@ -161,10 +175,7 @@ def info(trace, fmt):
     from .query.info import describe
 
     facts = describe(paths.trace_dir(trace))
-    if fmt == "json":
-        click.echo(json.dumps(dict(facts), indent=2, default=str))
-    else:
-        write_rows(["item", "detail"], facts, fmt, title=str(trace))
+    write_rows(["item", "detail"], facts, fmt, title=str(trace), record=dict(facts))
 
 
 def _open(trace: Path):
@@ -177,7 +188,7 @@ def _open(trace: Path):
 @click.argument("trace", required=False)
 @click.argument("query", required=False)
 @click.option("--parquet", "parquet_dir", type=click.Path(path_type=Path), metavar="DIR",
-              help="Query a Parquet export (cannoli export --format parquet) instead of a trace; then give no TRACE.")
+              help="Query a Parquet export (cannoli export parquet) instead of a trace; then give no TRACE.")
 @output_options
 def sql(trace, query, parquet_dir, fmt):
     """Run SQL (from QUERY, or stdin) against a trace's tables.
@@ -193,47 +204,110 @@ def sql(trace, query, parquet_dir, fmt):
             raise click.UsageError("give the SQL as an argument or on stdin")
         query = sys.stdin.read()
     if parquet_dir is not None:
-        from .export import parquet_connection
         from .query import Trace
 
         paths.input_dir(parquet_dir, f"--parquet {parquet_dir}", kind="Parquet export directory",
-                        hint="make one with: cannoli export TRACE --format parquet -o DIR")
-        t = Trace(parquet_dir, parquet_connection(parquet_dir))
+                        hint="make one with: cannoli export parquet TRACE -o DIR")
+        t = Trace.open_parquet(parquet_dir)
     elif trace is None:
         raise click.UsageError("give a TRACE (or --parquet DIR)")
     else:
         t = _open(Path(trace))
     with t:
         rows = t.sql(query)
-    write_rows(rows.columns, rows.rows, fmt)
+    write_result(rows, fmt)
 
 
-@cli.command()
-@click.argument("trace", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["parquet", "drcov", "tenet"]), required=True,
-              help="parquet: every table (a folder); drcov: coverage for Lighthouse/Cartographer; "
-                   "tenet: one thread's instructions and memory for Tenet.")
-@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="Where to write.")
-@click.option("--tid", type=int, help="tenet: the thread to export (default: the first).")
-def export(trace, fmt, out, tid):
+class _ExportGroup(click.Group):
+    """`cannoli export KIND TRACE -o OUT`; the old `cannoli export TRACE --format KIND -o OUT`
+    is rewritten to it (for one release), with a note of the new spelling."""
+
+    def parse_args(self, ctx, args):
+        kinds = list(self.commands)  # the subcommands are the kinds
+        kind, rest = _old_export_spelling(args)
+        if kind is not None:
+            if kind not in kinds:
+                raise click.BadParameter(f"{kind!r} is not one of {', '.join(kinds)}", ctx=ctx,
+                                         param_hint="'--format'")
+            args = [kind, *rest]
+            _say_after(f"`cannoli export TRACE --format {kind}` is now spelled "
+                       f"`{shlex.join(['cannoli', 'export', kind, *rest])}`; the old spelling goes in the next release", ctx)
+        elif args and args[0] not in kinds and not args[0].startswith("-"):
+            raise click.UsageError(f"say what to export first: cannoli export {{{','.join(kinds)}}} TRACE -o OUT",
+                                   ctx)
+        return super().parse_args(ctx, args)
+
+
+def _old_export_spelling(args: list[str]) -> tuple[str | None, list[str]]:
+    """(KIND, the other arguments) of `--format KIND` / `--format=KIND` in args, else (None, args)."""
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--format" and i + 1 < len(args):
+            return args[i + 1], args[:i] + args[i + 2:]
+        if arg.startswith("--format="):
+            return arg.split("=", 1)[1], args[:i] + args[i + 1:]
+    return None, args
+
+
+@cli.group(cls=_ExportGroup)
+def export():
     """Export a trace for other tools: Parquet, drcov coverage, or a Tenet trace.
 
-    Example: cannoli export app.cannoli --format parquet -o app-parquet/
+    One subcommand per kind (docs/export.md).  The old spelling
+    `cannoli export TRACE --format KIND -o OUT` still works in this release.
+
+    Example: cannoli export parquet app.cannoli -o app-parquet/
     """
-    from . import export as exporter
+
+
+def _export(kind: str, trace: Path, out: Path, tid: int | None = None) -> None:
+    from .export import export as do_export
 
     paths.trace_dir(trace)
-    paths.output(out, f"-o {out}", is_dir=fmt == "parquet")
-    if fmt == "parquet":
-        rows = exporter.export_parquet(trace, out)
-        summary = f"{len(rows)} tables, {sum(rows.values()):,} rows"
-    elif fmt == "drcov":
-        modules, blocks = exporter.export_drcov(trace, out)
-        summary = f"{modules} modules, {blocks:,} blocks"
-    else:
-        with _open(trace) as t:
-            summary = f"{exporter.export_tenet(t, out, tid):,} instructions"
-    click.echo(f"cannoli: exported {trace} as {fmt} to {out}: {summary}", err=True)
+    paths.output(out, f"-o {out}", is_dir=kind == "parquet")
+    summary = do_export(kind, trace, out, tid)
+    click.echo(f"cannoli: exported {trace} as {kind} to {out}: {summary}", err=True)
+
+
+_EXPORT_TRACE = click.argument("trace", type=click.Path(path_type=Path))
+
+
+@export.command("parquet")
+@_EXPORT_TRACE
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True,
+              help="The folder to create (or an empty one).")
+def export_parquet(trace, out):
+    """Every table as Parquet in a folder; exec and mem hive-partitioned by thread and position range.
+
+    Query it back with `cannoli sql --parquet DIR`, or with DuckDB, Spark, Trino.
+
+    Example: cannoli export parquet app.cannoli -o app-parquet/
+    """
+    _export("parquet", trace, out)
+
+
+@export.command("drcov")
+@_EXPORT_TRACE
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="The file to write.")
+def export_drcov(trace, out):
+    """Coverage in drcov version 2, for Lighthouse and Cartographer: every executed block of a module.
+
+    Example: cannoli export drcov app.cannoli -o app.drcov
+    """
+    _export("drcov", trace, out)
+
+
+@export.command("tenet")
+@_EXPORT_TRACE
+@click.option("-o", "--output", "out", type=click.Path(path_type=Path), required=True, help="The file to write.")
+@click.option("--tid", type=int, help="The thread to export (default: the first).")
+def export_tenet(trace, out, tid):
+    """One thread's instructions, register changes and memory accesses as a Tenet trace.
+
+    Example: cannoli export tenet app.cannoli -o app.tenet --tid 4242
+    """
+    _export("tenet", trace, out, tid)
 
 
 def _parse_params(pairs) -> dict[str, str]:
@@ -260,20 +334,14 @@ def query(trace, name, params, list_queries, fmt):
     from .query import named as named_queries
 
     if list_queries:
-        rows = [(q.name, q.area, q.purpose, " ".join(_param_usage(p) for p in q.params), q.example)
-                for q in named_queries.catalog().values()]
-        write_rows(["name", "area", "purpose", "parameters", "example"], rows, fmt)
+        write_result(named_queries.listing(), fmt)
         return
     if trace is None or name is None:
         raise click.UsageError("give a TRACE and a query NAME, or --list")
     named_queries.lookup(name)
     with _open(trace) as t:
         rows = t.query(name, **_parse_params(params))
-    write_rows(rows.columns, rows.rows, fmt)
-
-
-def _param_usage(p) -> str:
-    return f"{p.name}=<{p.type}>" if p.required else f"[{p.name}={p.default}]"
+    write_result(rows, fmt)
 
 
 @cli.command("who-wrote")
@@ -295,17 +363,14 @@ def who_wrote(trace, address, size, before, with_stack, fmt):
     Example: cannoli who-wrote app.cannoli counter+4 --size 4 --before 120000 --stack
     """
     with _open(trace) as t:
-        writes = t.who_wrote(address, size=size, before=before)
-        stacks = [" < ".join(f.symbol for f in t.stack(w.idx, w.tid)[1:]) for w in writes] if with_stack else None
-    columns = ["idx", "tid", "pc", "symbol", "addr", "size", "value", "first_byte", "last_byte", "bytes", "line"]
-    rows = [tuple(getattr(w, c) for c in columns) for w in writes]
-    if stacks is not None:
-        columns, rows = columns + ["stack"], [row + (chain,) for row, chain in zip(rows, stacks)]
-    write_rows(columns, rows, fmt)
-    covered = sum(w.bytes for w in writes)
-    if covered < size:
-        click.echo(f"cannoli: {size - covered} of {size} bytes have no recorded write before "
-                   f"{'the end of the trace' if before is None else f'position {before}'}", err=True)
+        writes = t.who_wrote(address, size=size, before=before, stack=with_stack)
+    write_result(writes.rows(), fmt)
+    _say_now(writes.unwritten_note())
+
+
+def _say_now(note: str | None) -> None:
+    if note:
+        click.echo(f"cannoli: {note}", err=True)
 
 
 @cli.command()
@@ -323,10 +388,11 @@ def stack(trace, at, tid, fmt):
 
     Example: cannoli stack app.cannoli --at 120000
     """
+    from .query import Frame, Rows
+
     with _open(trace) as t:
         frames = t.stack(at, tid)
-    columns = ["level", "pc", "symbol", "source", "kind", "call_idx", "caller_pc", "entry"]
-    write_rows(columns, [tuple(getattr(f, c) for c in columns) for f in frames], fmt)
+    write_result(Rows.of(Frame, frames), fmt)
 
 
 @cli.command()
@@ -335,31 +401,28 @@ def stack(trace, at, tid, fmt):
               help="Positions START (inclusive) to END (exclusive); a side may be empty (1000:), START may be -N (the last N), END may be +N, "
                    "or a symbol/address meaning its first execution (main:).")
 @click.option("--tid", type=int, help="Follow one thread only.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="text for people; json: one object per instruction and line, for tools.")
+@output_options(views=("text",))
 def replay(trace, span, tid, fmt):
     """Step through the recorded execution, one instruction per line.
 
     Each line: position, thread, pc, symbol+offset, the instruction (disassembled
     from the recorded bytes), memory reads/writes with values, the source line
-    where the DWARF has one (`; file.c:12`; json: "line"), and any syscall.
+    where the DWARF has one (`; file.c:12`; jsonl: "line"), and any syscall.
+    The other formats have one row per instruction (docs/replay.md).
 
     Example: cannoli replay app.cannoli --range main:+200 --tid 4242
     """
-    from .replay import parse_range
+    from .hex_columns import of_dataclass
+    from .replay import Step
 
+    if fmt == "json":  # until the next release: JSON lines, as before
+        fmt = "jsonl"
+        _say_after("replay --format json still writes one JSON object per line, as --format jsonl does: say "
+                   "jsonl (in the next release json writes one JSON array, as for every command)")
     with _open(trace) as t:
-        start, end = parse_range(t, span)
-        out = sys.stdout
-        render = (lambda s: json.dumps(s.as_dict())) if fmt == "json" else (lambda s: s.text())
-        lines = []
-        for step in t.replay(start, end, tid):
-            lines.append(render(step))
-            if len(lines) >= 4096:
-                out.write("\n".join(lines) + "\n")
-                lines.clear()
-        if lines:
-            out.write("\n".join(lines) + "\n")
+        steps = t.replay(tid=tid, span=span)
+        write_rows(Step.COLUMNS, (s.row() for s in steps), fmt, hex=of_dataclass(Step),
+                   views={"text": lambda: (s.text() for s in steps)})
 
 
 @cli.command("check-registers")
@@ -379,20 +442,13 @@ def check_registers(trace, span, workers, fmt):
     """
     from .progress import Progress
     from .reexec import check
-    from .replay import parse_range
 
     with _open(trace) as t:
-        start, end = parse_range(t, span)
+        start, end = t.positions(span)
         with Progress("checking registers", check.parts(start, end, workers)) as bar:
-            result = check.run(t, start, end, workers, progress=lambda _: bar.advance())
-    check.save(trace, result)
-    if fmt == "json":
-        click.echo(json.dumps(check.as_dict(result), indent=2))
-    else:
-        write_rows(["register", "mismatches", "unknown at end"], check.rows(result), fmt)
-    rate = f"{result.blocks / result.seconds:,.0f} blocks/s" if result.seconds else ""
-    click.echo(f"cannoli: registers checked: {result.summary()}; {result.seconds} s, {rate} "
-               f"({result.workers} workers)", err=True)
+            result = check.run(t, start, end, workers, progress=lambda _: bar.advance(), keep=True)
+    write_rows(["register", "mismatches", "unknown at end"], check.rows(result), fmt, record=check.as_dict(result))
+    click.echo(f"cannoli: registers checked: {result.summary()}; {result.timing()}", err=True)
 
 
 @cli.command()
@@ -400,24 +456,24 @@ def check_registers(trace, span, workers, fmt):
 @click.argument("address")
 @click.argument("length", type=click.IntRange(1, 1 << 20))
 @click.option("--at", "at", type=click.IntRange(0), metavar="IDX", help="Position (default: the end of the trace).")
-@click.option("--format", "fmt", type=click.Choice(["hexdump", "json"]), default="hexdump", show_default=True,
-              help="hexdump for people ('??' = unknown); json: a list of byte values, null where unknown.")
+@output_options(views=("hexdump",))
 def memory(trace, address, length, at, fmt):
     """Show memory at ADDRESS as known at a position, from the recorded accesses.
 
-    Bytes that no recorded access saw before the position are shown as ??.
+    Bytes that no recorded access saw before the position are shown as ??
+    (hexdump) or null, and counted on stderr.  json: one object, {"addr", "at",
+    "bytes": [values, null where unknown]}; table, csv, jsonl: one row per byte.
 
     Example: cannoli memory app.cannoli --at 120000 counter 32
     """
     from .hexdump import hexdump
 
     with _open(trace) as t:
-        at = t.end if at is None else at
         image = t.memory_at(at, address, length)
-    if fmt == "json":
-        click.echo(json.dumps({"addr": image.addr, "at": image.at, "bytes": list(image.values)}))
-    else:
-        click.echo(hexdump(image.addr, image.values))
+    rows = image.rows()
+    write_rows(rows.columns, rows.rows, fmt, hex=rows.hex, record=image.as_dict(),
+               views={"hexdump": lambda: [hexdump(image.addr, image.values)]})
+    _say_now(image.unknown_note())
 
 
 @cli.command()
@@ -462,12 +518,10 @@ def setup_qemu(targets, jobs, force):
 
     Example: cannoli record --qemu "$(cannoli setup-qemu)/qemu-x86_64" ./app
     """
-    import os
-
     from .recorder import qemu_build
 
     wanted = qemu_build.parse_targets(targets)
-    result = qemu_build.build(wanted, jobs=jobs or os.cpu_count() or 1, force=force)
+    result = qemu_build.build(wanted, jobs=jobs, force=force)
     click.echo(qemu_build.summary(result), err=True)
     click.echo(result.bin_dir)
 

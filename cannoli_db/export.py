@@ -1,12 +1,14 @@
 """Exports: the trace's tables as Parquet, coverage as drcov, and a thread's
-execution as a Tenet trace.
+execution as a Tenet trace.  `export(kind, TRACE, OUT)` runs one of them (what
+`cannoli export KIND TRACE -o OUT` calls).
 
 * **parquet** -- every table of the index.  `exec`, `mem` and `block_insns`
   are large, so they are written hive-partitioned by thread and position range
   (`exec/tid=4242/span=3/*.parquet`, SPAN positions per range) with row groups
   of ROW_GROUP rows: engines read only the partitions a filter needs.  DuckDB
   writes it with COPY, streaming; nothing is loaded whole.
-  `parquet_connection(DIR)` gives the same tables as views over an export.
+  `parquet_connection(DIR)` gives the same tables as views over an export;
+  `Trace.open_parquet(DIR)` a Trace over them.
 * **drcov** -- version 2 with a module table and one 8-byte entry per distinct
   executed block (offset from its module, size, module id), as Lighthouse and
   Cartographer read it.
@@ -40,6 +42,24 @@ ROW_GROUP = 1 << 20       # rows per Parquet row group
 PARTITIONED = {"exec": "idx", "mem": "idx"}
 BULK = ("exec", "mem", "regs", "regs_keys")  # views over the trace's own Parquet store
 SKIPPED = {"mem_lines", "exec_blocks", "parts"}  # access paths of the index, not data
+KINDS = ("parquet", "drcov", "tenet")
+
+
+def export(kind: str, trace: Path, out: Path, tid: int | None = None) -> str:
+    """Export the trace at `trace` as `kind` (KINDS) to `out` (tenet: thread `tid`, default the
+    first); returns what was written, e.g. "12 tables, 1,234 rows"."""
+    if kind == "parquet":
+        rows = export_parquet(trace, out)
+        return f"{len(rows)} tables, {sum(rows.values()):,} rows"
+    if kind == "drcov":
+        modules, blocks = export_drcov(trace, out)
+        return f"{modules} modules, {blocks:,} blocks"
+    if kind == "tenet":
+        from .query import Trace
+
+        with Trace.open(trace) as t:
+            return f"{export_tenet(t, out, tid):,} instructions"
+    raise CannoliError(f"no export kind {kind!r}; the kinds are: {', '.join(KINDS)}")
 
 
 def _connect(trace: Path, out: Path) -> duckdb.DuckDBPyConnection:
@@ -85,7 +105,7 @@ def parquet_connection(folder: Path) -> duckdb.DuckDBPyConnection:
     folder = Path(folder)
     if not (folder / "meta.parquet").exists():
         raise CannoliError(f"{folder} is not a Parquet export of a trace (no meta.parquet); "
-                           f"make one with: cannoli export TRACE --format parquet -o {folder}")
+                           f"make one with: cannoli export parquet TRACE -o {folder}")
     con = duckdb.connect()
     for entry in sorted(folder.iterdir()):
         if entry.suffix == ".parquet":

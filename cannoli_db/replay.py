@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import ClassVar, Iterator
 
 import numpy as np
 
 from . import arch as guest_arch
 from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
+from .hex_columns import INFO as HEX
 from .reexec import RegisterChanges
 
 WINDOW = 1 << 16
@@ -49,9 +50,11 @@ class Syscall:
 
 @dataclass(frozen=True)
 class Step:
+    COLUMNS: ClassVar = ("idx", "tid", "pc", "symbol", "insn", "bytes", "mem", "syscall", "regs", "line")
+
     idx: int
     tid: int
-    pc: int
+    pc: int = field(metadata=HEX)
     symbol: str
     insn: str
     bytes: bytes
@@ -60,17 +63,17 @@ class Step:
     regs: tuple[tuple[str, int], ...] = field(default=())  # (name, value) that changed before this step
     line: str | None = None  # source file:line of pc, where the module's DWARF says
 
+    def row(self) -> tuple:
+        """The step as a row of COLUMNS, in JSON's types (bytes as hex, accesses as objects)."""
+        return (self.idx, self.tid, self.pc, self.symbol, self.insn, self.bytes.hex(),
+                [{"addr": a.addr, "size": a.size, "write": a.is_write, "value": a.value} for a in self.mem],
+                None if self.syscall is None else {
+                    "nr": self.syscall.nr, "name": self.syscall.name, "args": list(self.syscall.args),
+                    "ret": self.syscall.ret, "call": self.syscall.call},
+                dict(self.regs), self.line)
+
     def as_dict(self) -> dict:
-        return {
-            "idx": self.idx, "tid": self.tid, "pc": self.pc, "symbol": self.symbol, "insn": self.insn,
-            "bytes": self.bytes.hex(),
-            "mem": [{"addr": a.addr, "size": a.size, "write": a.is_write, "value": a.value} for a in self.mem],
-            "syscall": None if self.syscall is None else {
-                "nr": self.syscall.nr, "name": self.syscall.name, "args": list(self.syscall.args),
-                "ret": self.syscall.ret, "call": self.syscall.call},
-            "regs": dict(self.regs),
-            "line": self.line,
-        }
+        return dict(zip(self.COLUMNS, self.row()))
 
     def text(self) -> str:
         accesses = " ".join(

@@ -3,7 +3,8 @@ in docs/schema.md.
 
 Positions: `idx` is the global instruction position (0-based, dense, one per
 executed guest instruction across all threads).  Addresses and values are
-unsigned 64-bit; where QEMU cannot give a value the column is NULL.
+unsigned 64-bit; where QEMU cannot give a value the column is NULL.  Columns
+that hold addresses or raw values carry `info=HEX`: tables show them in hex.
 
 Two kinds of tables:
 * the small ones live in TRACE/trace.duckdb: defined here with SQLAlchemy Core,
@@ -19,6 +20,8 @@ from duckdb_engine import Dialect
 from duckdb_engine.datatypes import UBigInteger, UInteger, USmallInteger, UTinyInteger
 from sqlalchemy import BigInteger, Boolean, Column, Integer, LargeBinary, MetaData, String, Table
 from sqlalchemy.schema import CreateTable
+
+from .hex_columns import INFO as HEX  # an address or raw value: tables show it in hex (hex_columns.py)
 
 SCHEMA_VERSION = 3
 
@@ -54,7 +57,7 @@ threads = Table(
 blocks = Table(
     "blocks", metadata,
     Column("block_id", UInteger, nullable=False),
-    Column("pc", UBigInteger, nullable=False, comment="address of the first instruction"),
+    Column("pc", UBigInteger, nullable=False, comment="address of the first instruction", info=HEX),
     Column("size", UInteger, nullable=False, comment="bytes of instructions"),
     Column("icount", USmallInteger, nullable=False, comment="instructions"),
     Column("bytes", LargeBinary, nullable=False, comment="the instruction bytes as translated"),
@@ -66,7 +69,7 @@ block_insns = Table(
     "block_insns", metadata,
     Column("block_id", UInteger, nullable=False),
     Column("n", USmallInteger, nullable=False, comment="0-based index in the block"),
-    Column("pc", UBigInteger, nullable=False),
+    Column("pc", UBigInteger, nullable=False, info=HEX),
     Column("size", UTinyInteger, nullable=False, comment="bytes"),
 )
 
@@ -77,7 +80,7 @@ syscalls = Table(
     Column("pid", UInteger, nullable=False),
     Column("nr", BigInteger, nullable=False),
     Column("name", String, comment="from the architecture's syscall table; NULL if unknown"),
-    *[Column(f"arg{i}", UBigInteger, nullable=False) for i in range(6)],
+    *[Column(f"arg{i}", UBigInteger, nullable=False, info=HEX) for i in range(6)],
     Column("ret", BigInteger, comment="return value; NULL if the call never returned (exit, a kill)"),
     Column("seq", UBigInteger, nullable=False, comment="global order of syscall entries"),
     Column("call", String, nullable=False, comment="the call as strace prints it (syscall_render.py)"),
@@ -89,7 +92,7 @@ syscall_strings = Table(
     _tid(),
     Column("nr", BigInteger, nullable=False),
     Column("arg", UTinyInteger, nullable=False, comment="0-based argument index"),
-    Column("addr", UBigInteger, nullable=False, comment="the guest pointer"),
+    Column("addr", UBigInteger, nullable=False, comment="the guest pointer", info=HEX),
     Column("value", String, comment="the string (NULL if the pointer was unreadable)"),
     Column("truncated", Boolean, nullable=False, comment="longer than 4096 bytes: only the prefix"),
 )
@@ -101,7 +104,7 @@ syscall_buffers = Table(
     Column("nr", BigInteger, nullable=False),
     Column("arg", UTinyInteger, nullable=False, comment="0-based argument index"),
     Column("item", UInteger, nullable=False, comment="0: what the argument points to; k: iovec element k-1"),
-    Column("addr", UBigInteger, nullable=False, comment="the guest pointer"),
+    Column("addr", UBigInteger, nullable=False, comment="the guest pointer", info=HEX),
     Column("data", LargeBinary, comment="the bytes (NULL if the pointer was unreadable)"),
     Column("truncated", Boolean, nullable=False, comment="longer than 4096 bytes: only the prefix"),
 )
@@ -112,8 +115,8 @@ mmaps = Table(
     Column("tid", UInteger),
     Column("pid", UInteger, nullable=False),
     Column("kind", String, nullable=False, comment="initial, mmap, munmap, mprotect, brk, mremap"),
-    Column("start", UBigInteger, nullable=False),
-    Column("end", UBigInteger, nullable=False, comment="exclusive"),
+    Column("start", UBigInteger, nullable=False, info=HEX),
+    Column("end", UBigInteger, nullable=False, comment="exclusive", info=HEX),
     Column("prot", Integer, comment="PROT_* bits; NULL where the call does not set them"),
     Column("flags", Integer, comment="MAP_* bits of mmap/mremap"),
     Column("path", String, comment="backing file, from the open call that made the descriptor"),
@@ -124,9 +127,9 @@ modules = Table(
     "modules", metadata,
     Column("pid", UInteger, nullable=False),
     Column("path", String, nullable=False),
-    Column("start", UBigInteger, nullable=False, comment="lowest mapped address of the image"),
-    Column("end", UBigInteger, nullable=False, comment="exclusive"),
-    Column("load_bias", UBigInteger, nullable=False, comment="added to the ELF's addresses"),
+    Column("start", UBigInteger, nullable=False, comment="lowest mapped address of the image", info=HEX),
+    Column("end", UBigInteger, nullable=False, comment="exclusive", info=HEX),
+    Column("load_bias", UBigInteger, nullable=False, comment="added to the ELF's addresses", info=HEX),
     Column("kind", String, nullable=False, comment="executable, interpreter or library"),
 )
 
@@ -135,7 +138,7 @@ symbols = Table(
     Column("pid", UInteger, nullable=False),
     Column("module", String, nullable=False),
     Column("name", String, nullable=False),
-    Column("addr", UBigInteger, nullable=False, comment="relocated to the load address"),
+    Column("addr", UBigInteger, nullable=False, comment="relocated to the load address", info=HEX),
     Column("size", UBigInteger, nullable=False),
     Column("kind", String, nullable=False, comment="FUNC or OBJECT"),
 )
@@ -197,10 +200,10 @@ calls = Table(
     Column("depth", UInteger, nullable=False, comment="frames below it on the thread's stack"),
     Column("parent", UBigInteger, comment="call_idx of the frame below it (at depth - 1); NULL at depth 0"),
     Column("kind", String, nullable=False, comment="call or signal"),
-    Column("caller_pc", UBigInteger, nullable=False, comment="the call instruction (signal: the last instruction before it)"),
-    Column("callee_pc", UBigInteger, comment="the first pc after the call: the function entered (signal: the handler)"),
+    Column("caller_pc", UBigInteger, nullable=False, comment="the call instruction (signal: the last instruction before it)", info=HEX),
+    Column("callee_pc", UBigInteger, comment="the first pc after the call: the function entered (signal: the handler)", info=HEX),
     Column("insns", UBigInteger, comment="instructions the thread ran inside the frame; NULL if it did not end"),
-    Column("sp", UBigInteger, comment="stack pointer at the callee's first block; NULL without registers"),
+    Column("sp", UBigInteger, comment="stack pointer at the callee's first block; NULL without registers", info=HEX),
 )
 
 VIEWS = {

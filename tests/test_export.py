@@ -5,6 +5,8 @@ exec table), Tenet (checked against a known store and the instruction count)."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import struct
 
@@ -149,3 +151,87 @@ def test_export_refuses_to_overwrite_and_bad_parquet_dir(exported, tmp_path):
     assert proc.returncode == 1 and "already exists" in proc.stderr and proc.stderr.count("\n") == 1
     proc = run_cannoli("sql", "--parquet", tmp_path, "SELECT 1")
     assert proc.returncode == 1 and "not a Parquet export" in proc.stderr
+
+
+# -- the spelling `cannoli export KIND TRACE -o OUT`, and the old one for this release ----------------
+
+@pytest.fixture(scope="module")
+def exported_new_spelling(exported, tmp_path_factory):
+    trace, _, counted = exported
+    out = tmp_path_factory.mktemp("export-new") / "parquet"
+    proc = run_cannoli("export", "parquet", trace, "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "exported" in proc.stderr and "now spelled" not in proc.stderr
+    return trace, out, counted
+
+
+@pytest.mark.parametrize("query", CHECKS)
+def test_parquet_export_by_its_subcommand_answers_like_the_trace(exported_new_spelling, query):
+    trace, out, _ = exported_new_spelling
+    assert as_json("sql", "--parquet", out, query) == as_json("sql", trace, query)
+
+
+def test_open_parquet_gives_a_trace_over_the_export(exported_new_spelling):
+    trace, out, counted = exported_new_spelling
+    with Trace.open_parquet(out) as t:
+        assert t.sql("SELECT count(*) FROM insns").rows == [(counted,)]  # the independent instruction count
+        thread_summary = t.query("thread_summary").rows
+    with Trace.open(trace) as t:
+        assert thread_summary == t.query("thread_summary").rows
+
+
+def suggested_command(stderr: str) -> list[str]:
+    """The new spelling the old one's note names: the argv between backticks after `now spelled`."""
+    (note,) = [line for line in stderr.splitlines() if "now spelled" in line]
+    return shlex.split(note.split("now spelled `", 1)[1].split("`", 1)[0])
+
+
+def test_old_spelling_works_and_says_the_new_one_which_writes_the_same_file(recorded, tmp_path):
+    trace, _, _ = recorded("history", "3")
+    out = tmp_path / "cov.drcov"
+    old = run_cannoli("export", trace, "--format", "drcov", "-o", out)
+    assert old.returncode == 0, old.stderr
+    lines = old.stderr.splitlines()
+    assert len(lines) == 2 and "exported" in lines[0] and "now spelled" in lines[1]  # the note comes last
+    argv = suggested_command(old.stderr)
+    assert argv == ["cannoli", "export", "drcov", str(trace), "-o", str(out)]
+    written = out.read_bytes()
+    out.unlink()
+    new = run_cannoli(*argv[1:])
+    assert new.returncode == 0 and "now spelled" not in new.stderr, new.stderr
+    assert out.read_bytes() == written
+    modules, blocks = parse_drcov(out)
+    assert modules and blocks
+
+
+def test_old_spelling_with_the_option_first_and_an_equals_sign(recorded, tmp_path):
+    trace, _, counted = recorded("known_stores")
+    out = tmp_path / "t.tenet"
+    proc = run_cannoli("export", "--format=tenet", trace, "-o", out)
+    assert proc.returncode == 0 and "now spelled `cannoli export tenet" in proc.stderr, proc.stderr
+    assert len(out.read_text().splitlines()) == counted
+
+
+def test_tenet_by_its_subcommand_for_one_thread(recorded, tmp_path):
+    trace, stdout, _ = recorded("threads", "3", "2000")
+    worker = int(re.findall(r"worker_tid=(\d+)", stdout)[0])  # the tid the guest printed for itself
+    out = tmp_path / "worker.tenet"
+    proc = run_cannoli("export", "tenet", trace, "-o", out, "--tid", worker)
+    assert proc.returncode == 0 and "now spelled" not in proc.stderr, proc.stderr
+    with Trace.open(trace) as t:
+        (insns,) = t.sql("SELECT insns FROM threads WHERE tid = $t", {"t": worker}).rows[0]
+        pcs = [pc for (pc,) in t.sql("SELECT pc FROM insns WHERE tid = $t ORDER BY idx", {"t": worker}).rows]
+    lines = out.read_text().splitlines()
+    assert len(lines) == insns and [int(line.split("rip=")[1].split(",")[0], 16) for line in lines] == pcs
+
+
+@pytest.mark.parametrize("args, message", [
+    (["export", "{trace}", "--format", "csv", "-o", "{out}"], "'csv' is not one of parquet, drcov, tenet"),
+    (["export", "{trace}", "-o", "{out}"], "say what to export first: cannoli export {parquet,drcov,tenet}"),
+    (["export", "tenet", "{trace}"], "Missing option '-o'"),
+])
+def test_export_usage_errors_are_one_line(recorded, tmp_path, args, message):
+    trace, _, _ = recorded("known_stores")
+    proc = run_cannoli(*[a.format(trace=trace, out=tmp_path / "x") for a in args])
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "x").exists()

@@ -4,6 +4,8 @@ bytes a JIT guest wrote), memory accesses with values, syscalls with results."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 
@@ -116,3 +118,63 @@ def test_memory_command_hexdump_with_unknown_bytes(history):
     before = run_cannoli("memory", trace, hex(cell), "8", "--at", str(first), "--format", "json")
     assert json.loads(before.stdout) == {"addr": cell, "at": first, "bytes": [None] * 8}
     assert "?? ?? ?? ??" in run_cannoli("memory", trace, "cell", "8", "--at", str(first)).stdout
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of a rich table's data rows (the lines between │ bars)."""
+    return [[cell.strip() for cell in line.strip().strip("│").split("│")] for line in text.splitlines()
+            if line.startswith("│")]
+
+
+def test_replay_jsonl_is_the_old_json_and_json_says_so(history):
+    _, trace, _ = history
+    old = run_cannoli("replay", trace, "--range", "write_low:+8", "--format", "json")
+    new = run_cannoli("replay", trace, "--range", "write_low:+8", "--format", "jsonl")
+    assert old.returncode == 0 and new.returncode == 0
+    assert new.stdout == old.stdout and len(new.stdout.splitlines()) == 8
+    assert "say jsonl" in old.stderr and old.stderr.count("\n") == 1 and new.stderr == ""
+
+
+def test_replay_rows_in_every_shared_format_match_the_elf(history):
+    program, trace, _ = history
+    low, _ = symbol(program, "write_low")
+    steps = replay_json(trace, "write_low:+4")
+    rows = list(csv.DictReader(io.StringIO(
+        run_cannoli("replay", trace, "--range", "write_low:+4", "--format", "csv").stdout)))
+    assert [int(r["idx"]) for r in rows] == [s["idx"] for s in steps]
+    assert int(rows[0]["pc"]) == low and rows[0]["insn"] == elf_instruction(program, low)
+    table = table_rows(run_cannoli("replay", trace, "--range", "write_low:+4", "--format", "table").stdout)
+    assert [r[2] for r in table] == [hex(s["pc"]) for s in steps]  # pc in hex, by its column's kind
+    assert [r[0] for r in table] == [str(s["idx"]) for s in steps]  # positions in decimal
+    jsonl = run_cannoli("replay", trace, "--range", "write_low:+4", "--format", "jsonl").stdout
+    assert [json.loads(line) for line in jsonl.splitlines()] == steps
+
+
+def test_memory_in_every_format_shows_the_bytes_the_guest_printed(history, recorded):
+    program, trace, _ = history
+    cell, _ = symbol(program, "cell")
+    _, printed, _ = recorded("history", "3")  # the guest's stdout: cell=<its final value>
+    final = int(re.search(r"cell=([0-9a-f]+)", printed)[1], 16).to_bytes(8, "little")
+    run = lambda fmt: run_cannoli("memory", trace, "cell", "8", "--format", fmt)  # noqa: E731
+    assert json.loads(run("json").stdout)["bytes"] == list(final)
+    assert [json.loads(line) for line in run("jsonl").stdout.splitlines()] == [
+        {"addr": cell + k, "value": b} for k, b in enumerate(final)]
+    assert list(csv.reader(io.StringIO(run("csv").stdout))) == [
+        ["addr", "value"], *[[str(cell + k), str(b)] for k, b in enumerate(final)]]
+    assert table_rows(run("table").stdout) == [[hex(cell + k), hex(b)] for k, b in enumerate(final)]
+    assert final.hex(" ") in run("hexdump").stdout
+    assert all(run(fmt).stderr == "" for fmt in ("hexdump", "json"))  # every byte known: no note
+
+
+def test_memory_says_how_many_bytes_are_unknown(history):
+    program, trace, _ = history
+    cell, _ = symbol(program, "cell")
+    first = replay_json(trace, "write_all:+1")[0]["idx"]
+    proc = run_cannoli("memory", trace, "cell", "8", "--at", first, "--format", "csv")
+    assert proc.returncode == 0 and f"8 of 8 bytes at {cell:#x} are unknown at position {first}" in proc.stderr
+    assert [r["value"] for r in csv.DictReader(io.StringIO(proc.stdout))] == [""] * 8
+    with Trace.open(trace) as t:  # the API's default position is the end, as the command's
+        assert t.memory_at(None, "cell", 8) == t.memory_at(t.end, "cell", 8)
+        steps = replay_json(trace, "write_low:+8")
+        assert t.positions("write_low:+8") == (steps[0]["idx"], steps[0]["idx"] + 8)
+        assert [s.idx for s in t.replay(span="write_low:+8")] == [s["idx"] for s in steps]

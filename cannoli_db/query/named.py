@@ -49,6 +49,11 @@ class Param:
     def required(self) -> bool:
         return self.default is None
 
+    @property
+    def usage(self) -> str:
+        """How `cannoli query --list` shows it: `addr=<address>`, or `[size=1]` with its default."""
+        return f"{self.name}=<{self.type}>" if self.required else f"[{self.name}={self.default}]"
+
 
 @dataclass(frozen=True)
 class NamedQuery:
@@ -137,6 +142,15 @@ def catalog() -> dict[str, NamedQuery]:
                     raise ValueError(f"two queries are named {query.name}")
                 found[query.name] = query
     return found
+
+
+def listing():
+    """`cannoli query --list`: one row per query (a query.Rows)."""
+    from .trace import Rows
+
+    return Rows(["name", "area", "purpose", "parameters", "example"],
+                [(q.name, q.area, q.purpose, " ".join(p.usage for p in q.params), q.example)
+                 for q in catalog().values()])
 
 
 def lookup(name: str) -> NamedQuery:

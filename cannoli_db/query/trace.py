@@ -3,7 +3,7 @@
     with Trace.open("app.cannoli") as t:
         t.sql("SELECT count(*) FROM mem WHERE is_write").rows
         t.who_wrote("counter", size=8)            # or an int address
-        t.memory_at(120_000, 0x4c6f00, 16)        # bytes as known at a position
+        t.memory_at(120_000, 0x4c6f00, 16)        # bytes as known at a position (None: at the end)
         t.registers_at(120_000)                   # {"rax": ..., ..., "pc": ...} before that instruction (QEMU >= 9)
         t.stack(120_000)                          # the call stack there, innermost frame first
 
@@ -17,15 +17,15 @@ name.  DuckDB errors become one-line CannoliErrors.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
 
 from .. import format as F
-from .. import schema, store, tracedir
+from .. import hex_columns, schema, store, tracedir
 from ..errors import CannoliError
 from . import named as named_queries
 from . import window
@@ -34,14 +34,18 @@ from .parts import Parts
 from .symbolize import Symbolizer
 
 MAX_RANGE = 1 << 20  # bytes: who-wrote and memory_at answer per byte
+HEX = hex_columns.INFO  # field metadata of an address or raw value (hex in tables)
 
 
 @dataclass
 class Rows:
-    """A query's result: column names and rows of Python values."""
+    """A query's result: column names and rows of Python values.  `hex`: the
+    columns that hold addresses or raw values (cannoli_db.hex_columns)."""
 
     columns: list[str]
     rows: list[tuple]
+    query: str | None = field(default=None, repr=False, compare=False)  # the SQL that made them
+    known_hex: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def __iter__(self) -> Iterator[tuple]:
         return iter(self.rows)
@@ -52,6 +56,19 @@ class Rows:
     def dicts(self) -> list[dict]:
         return [dict(zip(self.columns, row)) for row in self.rows]
 
+    @cached_property
+    def hex(self) -> frozenset[str]:
+        found = hex_columns.of_sql(self.query, self.columns) if self.query else frozenset()
+        return found | self.known_hex
+
+    @classmethod
+    def of(cls, kind: type, items: Iterable, columns: Sequence[str] | None = None) -> Rows:
+        """Rows of dataclass instances: `columns` (fields or properties; default: kind.COLUMNS,
+        else every field), hex where the field is marked."""
+        columns = list(columns or getattr(kind, "COLUMNS", None) or [f.name for f in fields(kind)])
+        return cls(columns, [tuple(getattr(item, c) for c in columns) for item in items],
+                   known_hex=hex_columns.of_dataclass(kind) & set(columns))
+
 
 @dataclass(frozen=True)
 class Write:
@@ -59,30 +76,57 @@ class Write:
 
     idx: int          # position of the writing instruction
     tid: int
-    pc: int
+    pc: int = field(metadata=HEX)
     symbol: str       # pc as symbol+offset
-    addr: int         # the write as a whole: first byte,
+    addr: int = field(metadata=HEX)  # the write as a whole: first byte,
     size: int         # width in bytes,
-    value: int | None  # and value (little-endian)
-    first_byte: int   # the part of the asked range it covers, inclusive
-    last_byte: int
+    value: int | None = field(metadata=HEX)  # and value (little-endian)
+    first_byte: int = field(metadata=HEX)  # the part of the asked range it covers, inclusive
+    last_byte: int = field(metadata=HEX)
     bytes: int        # how many bytes of the asked range it is the last write for
     line: str | None = None  # pc as source file:line, where the module's DWARF says
+    stack: str | None = None  # who_wrote(stack=True): the callers, `caller < its caller < ...`
+
+
+class Writes(list):
+    """Trace.who_wrote's answer: the Writes, and the question (size, before, stack)."""
+
+    def __init__(self, writes: Iterable[Write], size: int, before: int | None, stack: bool = False):
+        super().__init__(writes)
+        self.size, self.before, self.stack = size, before, stack
+
+    @property
+    def unwritten(self) -> int:
+        """Bytes of the range that no recorded write before the position wrote."""
+        return self.size - sum(w.bytes for w in self)
+
+    def unwritten_note(self) -> str | None:
+        """One line saying how many bytes nobody wrote, or None when every byte has a writer."""
+        if not self.unwritten:
+            return None
+        where = "the end of the trace" if self.before is None else f"position {self.before}"
+        return f"{self.unwritten} of {self.size} bytes have no recorded write before {where}"
+
+    def rows(self) -> Rows:
+        columns = [f.name for f in fields(Write) if self.stack or f.name != "stack"]
+        return Rows.of(Write, self, columns)
 
 
 @dataclass(frozen=True)
 class Frame:
     """One frame of a call stack at a position (Trace.stack), innermost first."""
 
+    COLUMNS: ClassVar = ("level", "pc", "symbol", "source", "kind", "call_idx", "caller_pc", "entry")
+
     level: int              # 0: the innermost frame, the one running the position
-    pc: int                 # where the frame is: the instruction at the position (level 0), else its call site
+    pc: int = field(metadata=HEX)  # where the frame is: the instruction at the position (level 0), else its call site
     symbol: str             # pc as symbol+offset
     file: str | None        # pc's source file and line, where the module has DWARF line information
     line: int | None
     kind: str               # "call"; "signal": a handler the signal entered; "start": the thread's first frame
     call_idx: int | None    # the call that entered the frame (signal: the last position before the handler)
-    caller_pc: int | None   # that call instruction (signal: the interrupted instruction)
-    entry: int | None       # where that call went: the function (or handler) entered
+    caller_pc: int | None = field(metadata=HEX)  # that call instruction (signal: the interrupted instruction)
+    entry: int | None = field(metadata=HEX)  # where that call went: the function (or handler) entered
 
     @property
     def source(self) -> str:
@@ -101,14 +145,28 @@ class Memory:
     def known(self) -> bool:
         return all(v is not None for v in self.values)
 
+    def unknown_note(self) -> str | None:
+        """One line saying how many bytes no recorded access saw, or None when all are known."""
+        unknown = sum(v is None for v in self.values)
+        if not unknown:
+            return None
+        return f"{unknown} of {len(self.values)} bytes at {self.addr:#x} are unknown at position {self.at}"
+
     def __bytes__(self) -> bytes:
         if not self.known:
-            unknown = sum(v is None for v in self.values)
-            raise CannoliError(f"{unknown} of {len(self.values)} bytes at {self.addr:#x} are unknown at position {self.at}")
+            raise CannoliError(self.unknown_note())
         return bytes(self.values)
 
     def hex(self) -> str:
         return " ".join("??" if v is None else f"{v:02x}" for v in self.values)
+
+    def rows(self) -> Rows:
+        """One row per byte: its address and value (None: unknown)."""
+        return Rows(["addr", "value"], [(self.addr + k, v) for k, v in enumerate(self.values)],
+                    known_hex=frozenset({"addr", "value"}))
+
+    def as_dict(self) -> dict:
+        return {"addr": self.addr, "at": self.at, "bytes": list(self.values)}
 
 
 class Trace:
@@ -127,6 +185,14 @@ class Trace:
         trace = cls(path, connect(path))
         trace.check_version()
         return trace
+
+    @classmethod
+    def open_parquet(cls, folder) -> Trace:
+        """A Trace over a Parquet export (`cannoli export parquet`): the same tables and views,
+        in an in-memory DuckDB, for sql and named queries."""
+        from ..export import parquet_connection
+
+        return cls(folder, parquet_connection(folder))
 
     def check_version(self) -> None:
         """An index an older cannoli built is refused: its tables mean other things."""
@@ -162,7 +228,7 @@ class Trace:
         except duckdb.Error as exc:
             raise CannoliError(self._explain(exc)) from None
         columns = [d[0] for d in cursor.description] if cursor.description else []
-        return Rows(columns, rows)
+        return Rows(columns, rows, query=query)
 
     def _explain(self, exc: duckdb.Error) -> str:
         if isinstance(exc, duckdb.IOException) or "Corrupt" in str(exc):
@@ -233,10 +299,20 @@ class Trace:
 
     # -- replay ------------------------------------------------------------
 
-    def replay(self, start: int = 0, end: int | None = None, tid: int | None = None):
-        """Steps (cannoli_db.replay.Step) of positions [start, end), optionally of one thread."""
+    def positions(self, span: str) -> tuple[int, int]:
+        """(start, end) of a range written START:END, as `cannoli replay --range` takes it
+        (cannoli_db.replay.parse_range): `1000:2000`, `main:+200`, `-5000:`, `:`."""
         from .. import replay
 
+        return replay.parse_range(self, span)
+
+    def replay(self, start: int = 0, end: int | None = None, tid: int | None = None, *, span: str | None = None):
+        """Steps (cannoli_db.replay.Step) of positions [start, end) -- or of `span`, a START:END
+        text (Trace.positions) -- optionally of one thread."""
+        from .. import replay
+
+        if span is not None:
+            start, end = self.positions(span)
         return replay.steps(self, start, self.end if end is None else end, tid)
 
     def analyze(self, analysis, workers: int = 0):
@@ -248,19 +324,24 @@ class Trace:
 
     # -- memory ------------------------------------------------------------
 
-    def who_wrote(self, addr: int | str, size: int = 1, before: int | None = None) -> list[Write]:
-        """The last write to each byte of [addr, addr + size) at a position < before (default: the end)."""
+    def who_wrote(self, addr: int | str, size: int = 1, before: int | None = None, stack: bool = False) -> Writes:
+        """The last write to each byte of [addr, addr + size) at a position < before (default: the end);
+        `stack`: with each writer's callers (Write.stack)."""
         start = self._checked_range(addr, size)
         self._check_position(before, "before")
         rows = self.query("who_wrote", addr=start, size=size, **({} if before is None else {"before": before}))
         pcs = [r["pc"] for r in rows.dicts()]
         names, lines = (self.symbolizer.names(pcs), self.symbolizer.locations(pcs)) if pcs else ([], [])
-        return [Write(symbol=name, line=line, **r) for r, name, line in zip(rows.dicts(), names, lines)]
+        writes = [Write(symbol=name, line=line, **r) for r, name, line in zip(rows.dicts(), names, lines)]
+        if stack:
+            writes = [replace(w, stack=" < ".join(f.symbol for f in self.stack(w.idx, w.tid)[1:])) for w in writes]
+        return Writes(writes, size, before, stack)
 
-    def memory_at(self, idx: int, addr: int | str, length: int) -> Memory:
-        """Memory [addr, addr + length) as the recorded accesses show it at position idx: from the latest
-        write or read of each byte before idx (and reads by instruction idx itself).  Bytes that no
-        recorded access saw are None, never guessed."""
+    def memory_at(self, idx: int | None, addr: int | str, length: int) -> Memory:
+        """Memory [addr, addr + length) as the recorded accesses show it at position idx (None: the end
+        of the trace): from the latest write or read of each byte before idx (and reads by instruction
+        idx itself).  Bytes that no recorded access saw are None, never guessed."""
+        idx = self.end if idx is None else idx
         start = self._checked_range(addr, length)
         self._check_position(idx, "position")
         rows = self.query("value_at", addr=start, size=length, at=idx)

@@ -72,6 +72,11 @@ class Result:
                 + f"; {self.compared:,} compared with the next block entry, {self.syscall_blocks:,} up to their "
                   f"syscall, {self.cut_short:,} cut short; positions {self.range[0]}:{self.range[1]}")
 
+    def timing(self) -> str:
+        """How long the check took and how fast it went, e.g. "3.2 s, 41,000 blocks/s (2 workers)"."""
+        rate = f"{self.blocks / self.seconds:,.0f} blocks/s" if self.seconds else ""
+        return f"{self.seconds} s, {rate} ({self.workers} workers)"
+
 
 class _Checker:
     def __init__(self, trace, lo: int, hi: int):
@@ -191,9 +196,10 @@ def parts(lo: int, hi: int, workers: int = 0) -> int:
     return max(1, min(_workers(workers) * 4, (hi - lo) // MIN_WORKER_RANGE))
 
 
-def run(trace, lo: int, hi: int, workers: int = 0, progress=None) -> Result:
+def run(trace, lo: int, hi: int, workers: int = 0, progress=None, keep: bool = False) -> Result:
     """Check [lo, hi) in worker processes (workers=0: one per core), over position ranges;
-    progress(result so far) after each range."""
+    progress(result so far) after each range; `keep`: save the result in the trace
+    directory (RESULT_NAME), where `cannoli info` reads it."""
     reason = trace.meta.get("regs_unavailable")
     if reason:
         raise CannoliError(f"{trace.path} has no registers to check: {reason}")
@@ -216,6 +222,8 @@ def run(trace, lo: int, hi: int, workers: int = 0, progress=None) -> Result:
                 if progress:
                     progress(total)
     total.seconds = round(time.monotonic() - started, 3)
+    if keep:
+        save(trace.path, total)
     return total
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .. import tracedir
+from ..hex_columns import ARROW as HEX  # an address or raw value: tables show it in hex
 
 STORE_VERSION = 1          # bump when a part's columns or meaning change
 ROW_GROUP = 1 << 15        # rows per Parquet row group: a point question decodes one
@@ -32,19 +33,21 @@ PART_META_KEY = b"cannoli_db.part"  # Parquet key-value metadata: what the part 
 
 
 def _fields(*specs) -> pa.Schema:
-    return pa.schema([pa.field(name, typ, nullable=nullable) for name, typ, nullable in specs])
+    """(name, type, nullable[, metadata]) per column."""
+    return pa.schema([pa.field(name, typ, nullable=nullable, metadata=meta[0] if meta else None)
+                      for name, typ, nullable, *meta in specs])
 
 
 SCHEMAS: dict[str, pa.Schema] = {
     "exec": _fields(("idx", pa.uint64(), False), ("tid", pa.uint32(), False), ("block_id", pa.uint32(), False),
-                    ("pc", pa.uint64(), False), ("icount", pa.uint16(), False)),
-    "mem": _fields(("idx", pa.uint64(), False), ("tid", pa.uint32(), False), ("pc", pa.uint64(), False),
-                   ("addr", pa.uint64(), False), ("size", pa.uint8(), False), ("is_write", pa.bool_(), False),
-                   ("value", pa.uint64(), True)),
+                    ("pc", pa.uint64(), False, HEX), ("icount", pa.uint16(), False)),
+    "mem": _fields(("idx", pa.uint64(), False), ("tid", pa.uint32(), False), ("pc", pa.uint64(), False, HEX),
+                   ("addr", pa.uint64(), False, HEX), ("size", pa.uint8(), False), ("is_write", pa.bool_(), False),
+                   ("value", pa.uint64(), True, HEX)),
     "regs": _fields(("idx", pa.uint64(), False), ("tid", pa.uint32(), False), ("n", pa.uint8(), False),
-                    ("reg", pa.string(), False), ("value", pa.uint64(), False)),
+                    ("reg", pa.string(), False), ("value", pa.uint64(), False, HEX)),
     "regs_keys": _fields(("idx", pa.uint64(), False), ("tid", pa.uint32(), False), ("n", pa.uint8(), False),
-                         ("value", pa.uint64(), False)),
+                         ("value", pa.uint64(), False, HEX)),
     "mem_lines": _fields(("line", pa.uint64(), False), ("part", pa.uint32(), False),
                          ("row_first", pa.uint32(), False), ("row_last", pa.uint32(), False),
                          ("idx_first", pa.uint64(), False), ("idx_last", pa.uint64(), False),
