@@ -43,9 +43,9 @@ class _Group(click.Group):
             if not _is_duckdb_error(exc):
                 raise
             # damage DuckDB finds only while reading (a checksum, a short file)
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise click.ClickException(f"a trace database is damaged ({first}); "
-                                       f"rebuild it with: cannoli index TRACE") from None
+            from .tracedir import damaged
+
+            raise click.ClickException(damaged(None, exc)) from None
         except KeyboardInterrupt:
             # a half-built index is a hidden temporary file, removed by the next `cannoli index`
             click.echo("cannoli: interrupted", err=True)

@@ -115,6 +115,7 @@ def parquet_connection(folder: Path) -> duckdb.DuckDBPyConnection:
             con.execute(f"""CREATE VIEW "{entry.name}" AS SELECT * EXCLUDE (span)
                             REPLACE (CAST(tid AS UINTEGER) AS tid)
                             FROM read_parquet({files}, hive_partitioning = true)""")
+    schema.create_macros(con)
     for name, body in schema.VIEWS.items():
         con.execute(f"CREATE VIEW {name} AS {body}")
     return con

@@ -21,11 +21,11 @@ import numpy as np
 from . import arch as guest_arch
 from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
+from .format import MAX_BLOCK_INSNS
 from .hex_columns import INFO as HEX
 from .reexec import RegisterChanges
 
 WINDOW = 1 << 16
-MAX_BLOCK_INSNS = 512  # the plugin's cap: an exec row covers at most this many positions
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,7 @@ def _bound(trace, text: str, default: int) -> int:
 
 
 def first_execution(trace, pc: int) -> int | None:
-    return trace.sql("""
-        SELECT min(e.idx + bi.n) FROM block_insns bi JOIN exec e ON e.block_id = bi.block_id AND bi.n < e.icount
-        WHERE bi.pc = $pc""", {"pc": pc}).rows[0][0]
+    return trace.sql("SELECT min(idx) FROM insns WHERE pc = $pc", {"pc": pc}).rows[0][0]
 
 
 def check_range(trace, start: int, end: int, tid: int | None) -> None:
@@ -159,12 +157,9 @@ def _steps(trace, disasm: Disassembler, start: int, end: int, tid: int | None) -
 
 def window_insns(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
     """(idx, tid, pc, block_id, n) of each instruction at positions [lo, hi), in order."""
-    return trace.sql(f"""
-        SELECT e.idx + bi.n AS idx, e.tid, bi.pc, e.block_id, bi.n
-        FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
-        WHERE e.idx >= greatest($lo::UBIGINT, {MAX_BLOCK_INSNS}) - {MAX_BLOCK_INSNS} AND e.idx < $hi
-          AND e.idx + bi.n >= $lo AND e.idx + bi.n < $hi AND ($tid IS NULL OR e.tid = $tid)
-        ORDER BY idx""", {"lo": lo, "hi": hi, "tid": tid}).rows
+    return trace.sql("""
+        SELECT idx, tid, pc, block_id, n FROM insns_between($lo, $hi)
+        WHERE ($tid IS NULL OR tid = $tid) ORDER BY idx""", {"lo": lo, "hi": hi, "tid": tid}).rows
 
 
 def window_mem(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:

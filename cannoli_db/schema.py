@@ -21,6 +21,7 @@ from duckdb_engine.datatypes import UBigInteger, UInteger, USmallInteger, UTinyI
 from sqlalchemy import BigInteger, Boolean, Column, Integer, LargeBinary, MetaData, String, Table
 from sqlalchemy.schema import CreateTable
 
+from .format import MAX_BLOCK_INSNS, SEGMENT_BLOCKS
 from .hex_columns import INFO as HEX  # an address or raw value: tables show it in hex (hex_columns.py)
 
 SCHEMA_VERSION = 3
@@ -206,16 +207,42 @@ calls = Table(
     Column("sp", UBigInteger, comment="stack pointer at the callee's first block; NULL without registers", info=HEX),
 )
 
-VIEWS = {
-    # one row per executed instruction
-    "insns": """
+NEVER = (1 << 64) - 1       # the largest position: "no bound"
+KEY_REACH = SEGMENT_BLOCKS * MAX_BLOCK_INSNS + MAX_BLOCK_INSNS - 1  # 524,799
+
+# SQL pieces that several queries share, as DuckDB macros (temporary, made on
+# every connection before the views).
+MACROS = {
+    # a position bound that may be NULL (no bound)
+    "or_end": f"(p) AS coalesce(p::UBIGINT, {NEVER}::UBIGINT)",
+    # the access [addr, addr + size) touches bytes [lo, lo + n): it is at most
+    # 8 bytes wide, so it starts in [lo - 7, lo + n - 1]
+    "touches": "(addr, size, lo, n) AS addr BETWEEN greatest(lo::UBIGINT, 7) - 7 AND lo::UBIGINT + n - 1 "
+               "AND addr + size > lo::UBIGINT",
+    # positions of thread states before `at` that a register keyframe can be
+    # (a segment's first block starts at most SEGMENT_BLOCKS blocks back)
+    "keyframe_reach": f"(pos, here) AS pos <= here::UBIGINT AND pos >= greatest(here::UBIGINT, {KEY_REACH}) - {KEY_REACH}",
+    # the executed instructions at positions [lo, hi): a block's instructions
+    # follow its exec row, which starts at most MAX_BLOCK_INSNS - 1 before lo
+    "insns_between": f"""(lo, hi) AS TABLE
         SELECT e.idx + bi.n AS idx, e.tid, bi.pc, bi.size, e.block_id, bi.n
         FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
-    """,
+        WHERE e.idx >= greatest(lo::UBIGINT, {MAX_BLOCK_INSNS}) - {MAX_BLOCK_INSNS} AND e.idx < hi::UBIGINT
+          AND e.idx + bi.n >= lo::UBIGINT AND e.idx + bi.n < hi::UBIGINT""",
+}
+
+VIEWS = {
+    # one row per executed instruction
+    "insns": f"SELECT * FROM insns_between(0, {NEVER})",
     # schema 2's address-sorted copy of mem, kept by name for old queries (the
     # address index is mem_lines now)
     "mem_by_addr": "SELECT addr, idx, tid, pc, size, is_write, value FROM mem",
 }
+
+
+def create_macros(con) -> None:
+    for name, body in MACROS.items():
+        con.execute(f"CREATE OR REPLACE TEMP MACRO {name}{body}")
 
 
 def create_statements() -> list[str]:

@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 
 from . import format as F
-from .errors import CannoliError
+from .errors import CannoliError, first_line
 
 META_NAME = "meta.json"
 CHUNKS_NAME = "chunks"
@@ -71,9 +71,15 @@ def older_format(trace: Path, version: int) -> str:
             f"{F.FORMAT_VERSION} only (positions are drawn while recording): record the program again")
 
 
-def rebuild_hint(trace: Path) -> str:
+def rebuild_hint(trace: Path | str) -> str:
     """The advice every 'the index is damaged or old' message ends with."""
     return f"rebuild it with: cannoli index {trace}"
+
+
+def damaged(trace: Path | None, exc: BaseException) -> str:
+    """The message for an index that DuckDB found damaged (trace None: not known which)."""
+    what = f"{Path(trace) / DB_NAME}" if trace is not None else "a trace database"
+    return f"{what} is damaged ({first_line(exc)}); {rebuild_hint(trace if trace is not None else 'TRACE')}"
 
 
 def default_trace_dir(program: str) -> Path:

@@ -86,6 +86,11 @@ enum cn_section {
 
 /* QEMU translates at most 512 instructions into one block (TCG_MAX_INSNS). */
 #define CN_MAX_BLOCK_INSNS 512u
+/* A thread closes its ordering segment after at most this many blocks (and at
+ * every syscall and lane rollover): it bounds how coarse cross-thread order is,
+ * and how far back a reader finds a register keyframe (CN_REGINFO_KEYFRAME):
+ * at most CN_SEGMENT_BLOCKS * CN_MAX_BLOCK_INSNS positions of the thread. */
+#define CN_SEGMENT_BLOCKS 1024u
 /* Longest string or buffer one event may carry in the blob section, bytes. */
 #define CN_MAX_BLOB_ITEM   4096u
 

@@ -33,7 +33,7 @@ import numpy as np
 from .. import arch as guest_arch
 from ..errors import CannoliError
 from ..query import Trace, window
-from ..replay import MAX_BLOCK_INSNS
+from ..format import MAX_BLOCK_INSNS
 from ..symbols import host_path
 
 FIRST_WINDOW = 1 << 14  # positions searched by the first query of a search
@@ -99,7 +99,7 @@ class Module:
 class History:
     def __init__(self, trace: Trace, pid: int | None = None):
         self.trace = trace
-        self.end = int(trace.meta.get("index_instructions") or 0)
+        self.end = trace.end
         self.arch = guest_arch.of_meta(trace.meta, trace.path).name
         rows = trace.sql("SELECT tid, pid, first_idx, last_idx, exited FROM threads "
                          "WHERE first_idx IS NOT NULL ORDER BY first_idx").rows
@@ -133,11 +133,7 @@ class History:
         """(tid, pc) of the instruction at position idx, or None outside 0 .. end - 1."""
         if not 0 <= idx < self.end:
             return None
-        rows = self.trace.sql(f"""
-            SELECT e.tid, bi.pc FROM exec e
-            JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n = $at::UBIGINT - e.idx
-            WHERE e.idx BETWEEN greatest($at::UBIGINT, {MAX_BLOCK_INSNS - 1}) - {MAX_BLOCK_INSNS - 1}
-                  AND $at::UBIGINT AND $at::UBIGINT < e.idx + e.icount""", {"at": idx}).rows
+        rows = self.trace.sql("SELECT tid, pc FROM insns_between($at, $at + 1)", {"at": idx}).rows
         return rows[0] if rows else None
 
     def next_in_thread(self, tid: int, at: int) -> int | None:

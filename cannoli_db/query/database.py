@@ -37,7 +37,7 @@ def connect(trace: Path, writable: tuple[Path, ...] = (), threads: int | None = 
     try:
         con = duckdb.connect(str(db), read_only=True, config=config)
     except duckdb.Error as exc:
-        raise CannoliError(f"{db} is damaged ({first_line(exc)}); {tracedir.rebuild_hint(trace)}") from None
+        raise CannoliError(tracedir.damaged(trace, exc)) from None
     folders = [trace.resolve() / tracedir.CHUNKS_NAME, *(Path(w).resolve() for w in writable)]
     con.execute("SET allowed_directories = " + "[" + ", ".join(sql_string(f"{f}/") for f in folders) + "]")
     con.execute("SET enable_progress_bar = false")  # DuckDB prints it on stdout, amid the data
@@ -62,6 +62,7 @@ def create_views(con, trace: Path) -> None:
             cols = ", ".join(f"NULL::{_DUCK_TYPES[str(f.type)]} AS {f.name}" for f in columns)
             body = f"SELECT {cols} WHERE false"
         con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {body}')
+    schema.create_macros(con)
     for name, body in schema.VIEWS.items():
         con.execute(f'CREATE OR REPLACE TEMP VIEW "{name}" AS {body}')
 
@@ -83,5 +84,4 @@ def check_statement(con, query: str) -> None:
             raise CannoliError(f"not allowed on a trace: {kind} statements (queries may only read)")
 
 
-def first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+

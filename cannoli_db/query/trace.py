@@ -26,10 +26,10 @@ import duckdb
 
 from .. import format as F
 from .. import hex_columns, schema, store, tracedir
-from ..errors import CannoliError
+from ..errors import CannoliError, first_line
 from . import named as named_queries
 from . import window
-from .database import check_statement, connect, first_line
+from .database import check_statement, connect
 from .parts import Parts
 from .symbolize import Symbolizer
 
@@ -236,7 +236,7 @@ class Trace:
         return _explain(exc)
 
     def damaged(self, exc: Exception) -> str:
-        return f"{self.path / tracedir.DB_NAME} is damaged ({first_line(exc)}); {tracedir.rebuild_hint(self.path)}"
+        return tracedir.damaged(self.path, exc)
 
     def query(self, name: str, **params) -> Rows:
         """Run a named query (see `cannoli query --list`); parameters as text or numbers."""
@@ -387,10 +387,7 @@ class Trace:
     def _last_instruction(self, idx: int, tid: int | None) -> tuple[int, int, int]:
         """(position, thread, pc) of the instruction at idx, or of thread tid's latest one at or before idx."""
         if tid is None:
-            rows = self.sql("""SELECT $at::UBIGINT, e.tid, bi.pc FROM exec e
-                               JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n = $at::UBIGINT - e.idx
-                               WHERE e.idx <= $at::UBIGINT AND e.idx >= greatest($at::UBIGINT, 511) - 511
-                                 AND $at::UBIGINT < e.idx + e.icount""", {"at": idx}).rows
+            rows = self.sql("SELECT idx, tid, pc FROM insns_between($at, $at + 1)", {"at": idx}).rows
             if not rows:
                 raise CannoliError(f"no instruction ran at position {idx}")
             return rows[0]

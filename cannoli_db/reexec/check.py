@@ -93,7 +93,7 @@ class _Checker:
         self.pending: dict[int, tuple] = {}  # tid -> (execution, outcome) waiting for its next entry
 
     def run(self) -> Result:
-        total = int(self.trace.meta.get("index_instructions") or 0)
+        total = self.trace.end
         for lo in range(self.lo, self.hi, WINDOW):
             hi = min(self.hi, lo + WINDOW)
             syscalls = {r[0]: r[1:] for r in self.trace.sql(

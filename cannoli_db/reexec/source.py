@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from ..disasm import BLOCK_CODE_SQL
+from ..format import MAX_BLOCK_INSNS
 from .emulator import Access, Code, Emulator
 
-MAX_BLOCK_INSNS = 512  # the plugin's cap: an exec row covers at most this many positions
 
 
 @dataclass

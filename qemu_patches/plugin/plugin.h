@@ -23,9 +23,6 @@
 #define CN_LIKELY(x) __builtin_expect(!!(x), 1)
 #define CN_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
-/* Blocks per ordering segment: bounds how coarse cross-thread order can be. */
-#define CN_SEGMENT_BLOCKS 1024u
-
 /* What the plugin keeps about one translated block (never freed: QEMU may run
  * a translation until the end). */
 struct cn_tb {

@@ -12,9 +12,8 @@
 WITH cand AS (
     SELECT idx, tid, pc, CASE WHEN is_write THEN 'write' ELSE 'read' END AS kind, addr, size, value
     FROM mem_window
-    WHERE addr BETWEEN greatest($addr::UBIGINT, 7) - 7 AND $addr::UBIGINT + $size - 1
-      AND addr + size > $addr::UBIGINT
+    WHERE touches(addr, size, $addr, $size)
       AND idx >= $from::UBIGINT
-      AND idx < coalesce($to::UBIGINT, 18446744073709551615::UBIGINT)
+      AND idx < or_end($to)
 )
 SELECT * FROM cand ORDER BY idx, kind, addr LIMIT $limit

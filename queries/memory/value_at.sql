@@ -14,9 +14,8 @@
 WITH cand AS (
     SELECT idx, pc, addr, size, is_write, value
     FROM mem_window
-    WHERE addr BETWEEN greatest($addr::UBIGINT, 7) - 7 AND $addr::UBIGINT + $size - 1
-      AND addr + size > $addr::UBIGINT
-      AND (idx < coalesce($at::UBIGINT, 18446744073709551615::UBIGINT)
+    WHERE touches(addr, size, $addr, $size)
+      AND (idx < or_end($at)
            OR (idx = $at::UBIGINT AND NOT is_write))
 ),
 per_byte AS (

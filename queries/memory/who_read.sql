@@ -12,9 +12,8 @@ WITH cand AS (
     SELECT idx, tid, pc, addr, size, value
     FROM mem_window
     WHERE NOT is_write
-      AND addr BETWEEN greatest($addr::UBIGINT, 7) - 7 AND $addr::UBIGINT + $size - 1
-      AND addr + size > $addr::UBIGINT
+      AND touches(addr, size, $addr, $size)
       AND idx >= $from::UBIGINT
-      AND idx < coalesce($to::UBIGINT, 18446744073709551615::UBIGINT)
+      AND idx < or_end($to)
 )
 SELECT * FROM cand ORDER BY idx, addr LIMIT $limit

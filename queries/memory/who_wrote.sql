@@ -17,9 +17,8 @@ WITH cand AS (
     SELECT idx, tid, pc, addr, size, value
     FROM mem_window
     WHERE is_write
-      AND addr BETWEEN greatest($addr::UBIGINT, 7) - 7 AND $addr::UBIGINT + $size - 1
-      AND addr + size > $addr::UBIGINT
-      AND idx < coalesce($before::UBIGINT, 18446744073709551615::UBIGINT)
+      AND touches(addr, size, $addr, $size)
+      AND idx < or_end($before)
 ),
 per_byte AS (
     SELECT *, addr + unnest(range(size::BIGINT)) AS byte FROM cand

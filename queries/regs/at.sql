@@ -15,24 +15,21 @@
 -- positions, so the keyframe lies at most 2^19 positions before the block:
 -- both lookups read only the row groups of that window.
 WITH here AS (
-    SELECT e.idx AS block_start, e.tid, e.block_id
-    FROM exec e
-    WHERE e.idx <= $at::UBIGINT AND e.idx >= greatest($at::UBIGINT, 511) - 511
-      AND $at::UBIGINT < e.idx + e.icount
+    SELECT idx - n AS block_start, tid, block_id, pc FROM insns_between($at, $at + 1)
 ),
 keyframe AS (
     SELECT here.tid, here.block_start, max(k.idx) AS key_idx
     FROM here JOIN regs_keys k ON k.tid = here.tid AND k.idx <= here.block_start
-    WHERE k.idx >= greatest($at::UBIGINT, 524799) - 524799 AND k.idx <= $at::UBIGINT
+    WHERE keyframe_reach(k.idx, $at)
     GROUP BY ALL
 ),
 recorded AS (
     SELECT k.n, k.value, k.idx FROM keyframe f JOIN regs_keys k ON k.tid = f.tid AND k.idx = f.key_idx
-    WHERE k.idx >= greatest($at::UBIGINT, 524799) - 524799 AND k.idx <= $at::UBIGINT
+    WHERE keyframe_reach(k.idx, $at)
     UNION ALL
     SELECT r.n, r.value, r.idx FROM keyframe f JOIN regs r ON r.tid = f.tid AND r.idx > f.key_idx
         AND r.idx <= f.block_start
-    WHERE r.idx >= greatest($at::UBIGINT, 524799) - 524799 AND r.idx <= $at::UBIGINT
+    WHERE keyframe_reach(r.idx, $at)
 ),
 latest AS (
     SELECT f.tid, c.n, rn.reg, arg_max(c.value, c.idx) AS value, f.block_start, max(c.idx) AS set_at
@@ -41,6 +38,5 @@ latest AS (
 )
 SELECT * FROM latest
 UNION ALL
-SELECT here.tid, 255, 'pc', bi.pc, here.block_start, $at::UBIGINT
-FROM here JOIN block_insns bi ON bi.block_id = here.block_id AND bi.n = $at::UBIGINT - here.block_start
+SELECT tid, 255, 'pc', pc, block_start, $at::UBIGINT FROM here
 ORDER BY n
