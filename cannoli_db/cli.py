@@ -63,12 +63,15 @@ def cli():
 @click.option("--force", is_flag=True, help="Replace an existing trace directory.")
 @click.option("--qemu-option", "qemu_options", multiple=True, metavar="ARG",
               help="Extra QEMU argument, placed before the program (repeatable), e.g. --qemu-option=-cpu --qemu-option=max.")
+@click.option("--no-follow-exec", is_flag=True,
+              help="Let the programs the guest execs run natively, unrecorded (by default a QEMU built by "
+                   "`cannoli setup-qemu` runs and records them too).")
 @click.option("--ring-lanes", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Per-thread buffers in the shared ring (about 3.3 MiB each); raise for programs with many threads.")
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroot, force, qemu_options, ring_lanes,
-           program, args):
+def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroot, force, qemu_options,
+           no_follow_exec, ring_lanes, program, args):
     """Run PROGRAM under QEMU and record everything it does.
 
     Options go before PROGRAM; everything after PROGRAM is passed to it unchanged.
@@ -87,7 +90,7 @@ def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroo
     opts = RecordOptions(program=program, args=list(args), out_dir=out_dir, record_mem=not no_mem,
                          record_regs=record_regs, regs_check=regs_check, qemu=qemu_path, sysroot=sysroot,
                          force=force, n_lanes=ring_lanes,
-                         qemu_options=list(qemu_options))
+                         qemu_options=list(qemu_options), follow_exec=not no_follow_exec)
     result = do_record(opts)
     click.echo(summary(result), err=True)
     if not no_index:

@@ -20,7 +20,7 @@ from duckdb_engine.datatypes import UBigInteger, UInteger, USmallInteger, UTinyI
 from sqlalchemy import BigInteger, Boolean, Column, Integer, LargeBinary, MetaData, String, Table
 from sqlalchemy.schema import CreateTable
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -48,7 +48,7 @@ threads = Table(
     Column("last_idx", UBigInteger, comment="position of the thread's last instruction"),
     Column("insns", UBigInteger, nullable=False, comment="instructions the thread executed"),
     Column("blocks", UBigInteger, nullable=False, comment="blocks the thread executed"),
-    Column("exited", Boolean, nullable=False, comment="the thread's exit was recorded"),
+    Column("exited", Boolean, nullable=False, comment="the thread's exit (or its exec into a later row) was recorded"),
 )
 
 blocks = Table(
@@ -108,7 +108,7 @@ syscall_buffers = Table(
 
 mmaps = Table(
     "mmaps", metadata,
-    Column("idx", UBigInteger, comment="position of the syscall; NULL for the initial layout"),
+    Column("idx", UBigInteger, comment="position of the syscall; for the initial layout NULL, or where an exec'd image began"),
     Column("tid", UInteger),
     Column("pid", UInteger, nullable=False),
     Column("kind", String, nullable=False, comment="initial, mmap, munmap, mprotect, brk, mremap"),
@@ -128,6 +128,8 @@ modules = Table(
     Column("end", UBigInteger, nullable=False, comment="exclusive"),
     Column("load_bias", UBigInteger, nullable=False, comment="added to the ELF's addresses"),
     Column("kind", String, nullable=False, comment="executable, interpreter or library"),
+    Column("image_idx", UBigInteger, nullable=False,
+           comment="where the program image it belongs to began: 0 for a process's first, else after its exec"),
 )
 
 symbols = Table(
