@@ -218,6 +218,12 @@ def test_an_exec_d_program_is_a_new_image_of_the_process(record10, guest, how, s
         if static_child:  # a static program is not relocated: its segments are where its ELF file says
             start, end = t.sql("SELECT start, \"end\" FROM modules WHERE pid = $p", {"p": pid}).rows[0]
             assert (start, end) == load_span(str(child))
+            # the new image's registers: its own, from its first instruction (the x86-64 ELF ABI's
+            # start: at the entry point, general registers 0)
+            with open(child, "rb") as f:
+                entry = ELFFile(f)["e_entry"]
+            regs = t.registers_at(image_idx)
+            assert regs["pc"] == entry and regs["rax"] == regs["rdi"] == regs["rbp"] == 0
         assert stdout_writes(t)[:3] == [(pid, a.encode() + b"\0") for a in argv]
 
 
@@ -253,6 +259,17 @@ def test_posix_spawn_with_vfork_runs_the_program_recorded(record10, guest):
         # glibc made the child with CLONE_VM | CLONE_VFORK (QEMU runs it as a fork)
         vfork = CLONE_VM | CLONE_VFORK
         assert any(flags & vfork == vfork for (flags,) in t.sql("SELECT arg0 FROM syscalls WHERE name = 'clone'").rows)
+
+
+def test_a_thread_that_execs_holds_no_lane(record10):
+    # twelve programs in turn on a two-lane ring: a lane left with each exec'd thread would stop the fourth
+    script = "i=0; while [ $i -lt 12 ]; do /usr/bin/true; i=$((i+1)); done; echo done"
+    proc, trace, out = record10("/bin/sh", "-c", script, options=["--ring-lanes", "2"])
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr
+    images = assert_images_counted(trace, out)
+    assert len(images) == 1 + 2 * 12 and read_meta(trace)["counts"]["salvaged_packets"] == 0
+    with Trace.open(trace) as t:
+        assert [path for _, _, path, _ in exec_calls(t)] == ["/usr/bin/true"] * 12
 
 
 # ---------------------------------------------------------------- failures
