@@ -103,6 +103,9 @@ class _Size(click.ParamType):
 @click.option("--force", is_flag=True, help="Replace an existing trace directory.")
 @click.option("--qemu-option", "qemu_options", multiple=True, metavar="ARG",
               help="Extra QEMU argument, placed before the program (repeatable), e.g. --qemu-option=-cpu --qemu-option=max.")
+@click.option("--no-follow-exec", is_flag=True,
+              help="Let the programs the guest execs run natively, unrecorded (by default a QEMU built by "
+                   "`cannoli setup-qemu` runs and records them too).")
 @click.option("--ring-lanes", type=click.IntRange(1, 1024), default=32, show_default=True,
               help="Per-thread buffers in the shared ring (about 3.3 MiB each); raise for programs with many threads.")
 @click.option("--max-size", type=_Size(), metavar="SIZE",
@@ -113,8 +116,8 @@ class _Size(click.ParamType):
               help="A live line on stderr while recording (default: when stderr is a terminal).")
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroot, force, qemu_options, ring_lanes,
-           max_size, progress, program, args):
+def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroot, force, qemu_options,
+           no_follow_exec, ring_lanes, max_size, progress, program, args):
     """Run PROGRAM under QEMU and record everything it does.
 
     Options go before PROGRAM; everything after PROGRAM is passed to it unchanged.
@@ -133,7 +136,7 @@ def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroo
     opts = RecordOptions(program=program, args=list(args), out_dir=out_dir, record_mem=not no_mem,
                          record_regs=record_regs, regs_check=regs_check, qemu=qemu_path, sysroot=sysroot,
                          force=force, n_lanes=ring_lanes, qemu_options=list(qemu_options), max_size=max_size,
-                         progress=progress)
+                         progress=progress, follow_exec=not no_follow_exec)
     result = do_record(opts)
     click.echo(summary(result), err=True)
     if not no_index:

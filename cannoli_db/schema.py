@@ -24,7 +24,7 @@ from sqlalchemy.schema import CreateTable
 from .format import MAX_BLOCK_INSNS, SEGMENT_BLOCKS
 from .hex_columns import INFO as HEX  # an address or raw value: tables show it in hex (hex_columns.py)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -52,7 +52,7 @@ threads = Table(
     Column("last_idx", UBigInteger, comment="position of the thread's last instruction"),
     Column("insns", UBigInteger, nullable=False, comment="instructions the thread executed"),
     Column("blocks", UBigInteger, nullable=False, comment="blocks the thread executed"),
-    Column("exited", Boolean, nullable=False, comment="the thread's exit was recorded"),
+    Column("exited", Boolean, nullable=False, comment="the thread's exit (or its exec into a later row) was recorded"),
 )
 
 blocks = Table(
@@ -112,7 +112,7 @@ syscall_buffers = Table(
 
 mmaps = Table(
     "mmaps", metadata,
-    Column("idx", UBigInteger, comment="position of the syscall; NULL for the initial layout"),
+    Column("idx", UBigInteger, comment="position of the syscall; for the initial layout NULL, or where an exec'd image began"),
     Column("tid", UInteger),
     Column("pid", UInteger, nullable=False),
     Column("kind", String, nullable=False, comment="initial, mmap, munmap, mprotect, brk, mremap"),
@@ -132,6 +132,8 @@ modules = Table(
     Column("end", UBigInteger, nullable=False, comment="exclusive", info=HEX),
     Column("load_bias", UBigInteger, nullable=False, comment="added to the ELF's addresses", info=HEX),
     Column("kind", String, nullable=False, comment="executable, interpreter or library"),
+    Column("image_idx", UBigInteger, nullable=False,
+           comment="where the program image it belongs to began: 0 for a process's first, else after its exec"),
 )
 
 symbols = Table(

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -52,6 +53,7 @@ class RecordOptions:
     zstd_level: int = 1
     max_size: int | None = None  # bytes of chunks: the recording stops cleanly there
     progress: bool | None = None  # a live line on stderr (None: when stderr is a terminal)
+    follow_exec: bool = True  # run exec'd programs under QEMU too, where it can (qemu_patches/0003)
 
 
 @dataclass
@@ -106,7 +108,10 @@ class _Interrupts:
 
 def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptions,
                   run: guest_binary.Launch, trace_dir: Path) -> list[str]:
-    plugin_arg = f"{plugin},fd={ring.fd},mem={'on' if opts.record_mem else 'off'}"
+    # the ring by a path every QEMU of the recording opens, also one that an exec started; and
+    # inherited (fd=), so that it holds QEMU's lowest descriptor until the plugin closes it
+    ring_path = f"/proc/{os.getpid()}/fd/{ring.fd}"
+    plugin_arg = f"{plugin},ring={ring_path},fd={ring.fd},mem={'on' if opts.record_mem else 'off'}"
     regs = _regs_mode(opts, qemu)
     if regs:
         plugin_arg += f",regs={regs}"
@@ -117,12 +122,34 @@ def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptio
     if logging:
         plugin_arg += f",layout_log={log}"
     cmd = [qemu.path, "-plugin", plugin_arg, *logging]
+    if _follows_exec(qemu, opts):
+        cmd.append("-follow-exec")
     if opts.sysroot:
         cmd += ["-L", opts.sysroot]
     cmd += opts.qemu_options
     # -0: the argv[0] the kernel would give (the program as typed; a script's interpreter)
     cmd += ["-0", run.argv[0], run.binary.path, *run.argv[1:]]
     return cmd
+
+
+def _follows_exec(qemu: native.Qemu, opts: RecordOptions) -> bool:
+    return qemu.follows_exec and opts.follow_exec
+
+
+def _exec_note(qemu: native.Qemu, opts: RecordOptions, left: list[dict]) -> str | None:
+    """The one line that says why exec'd programs were not recorded, if some were not."""
+    if not left:
+        return None
+    n = len({d["pid"] for d in left})
+    who = f"{n} process{'es' if n != 1 else ''}"
+    if not qemu.follows_exec:
+        return (f"cannoli: {who} exec'd programs that ran unrecorded: this QEMU ({qemu.path}, "
+                f"{'.'.join(map(str, qemu.version))}) does not follow exec; `cannoli setup-qemu` builds one "
+                f"that does (record with --qemu built)")
+    if not opts.follow_exec:
+        return f"cannoli: {who} exec'd programs that ran unrecorded (--no-follow-exec)"
+    return (f"cannoli: {who} exec'd programs this QEMU does not run (another architecture, or unreadable): "
+            f"the kernel ran them, unrecorded")
 
 
 def _regs_mode(opts: RecordOptions, qemu: native.Qemu) -> str | None:
@@ -152,6 +179,7 @@ def _initial_meta(opts: RecordOptions, run: guest_binary.Launch, qemu: native.Qe
         "record_regs": _regs_mode(opts, qemu) in ("on", "check"),
         "regs_check": opts.regs_check,
         "qemu_options": opts.qemu_options,
+        "follow_exec": _follows_exec(qemu, opts),
         "start_time": _now(),
         "recorder_pid": os.getpid(),
     }
@@ -209,7 +237,7 @@ def record(opts: RecordOptions) -> RecordResult:
     if drawn != header["next_idx"]:
         meta["positions_lost"] = header["next_idx"] - drawn
     return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0,
-                   limits.stopped)
+                   limits.stopped, lambda left: _exec_note(qemu, opts, left))
 
 
 def _with_settings(opts: RecordOptions, arch: str) -> RecordOptions:
@@ -348,7 +376,8 @@ def _abandon(trace_dir: Path, meta: dict, writer: ChunkWriter) -> None:
 
 
 def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: StreamStats, instructions: int,
-            writer: ChunkWriter, header: dict, interrupted: bool, stopped: str | None) -> RecordResult:
+            writer: ChunkWriter, header: dict, interrupted: bool, stopped: str | None,
+            exec_note: Callable[[list[dict]], str | None]) -> RecordResult:
     sig = -returncode if returncode < 0 else None
     status = 128 + sig if sig else returncode
     # SIGKILL stops QEMU's threads wherever they are, not at an instruction
@@ -356,8 +385,10 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
     killed = sig == signal.SIGKILL and not interrupted and not stopped
     arch = header["target"].decode(errors="replace")
     execs = {nr for nr, name in syscall_tables.names(arch).items() if name in ("execve", "execveat")}
+    left = stats.left_by_exec(execs)
     meta.update(
-        left_by_exec=stats.left_by_exec(execs),
+        left_by_exec=left,
+        exec_note=exec_note(left),
         complete=not interrupted and not killed and not stopped,
         incomplete_reason=stopped or ("QEMU was killed with SIGKILL; each thread's last block is cut where the "
                                       "kill found it" if killed else None),
@@ -421,7 +452,8 @@ def summary(result: RecordResult) -> str:
         how += f" (trace marked incomplete: {result.meta['incomplete_reason']})"
     for left in result.meta.get("left_by_exec") or []:
         how += (f"; process {left['pid']} called exec({left['path'] or '?'}), and what it ran from there on "
-                f"is not recorded (QEMU user mode does not follow exec)")
+                f"is not recorded")
+    note = f"\n{result.meta['exec_note']}" if result.meta.get("exec_note") else ""
     return (
         f"cannoli: recorded {result.meta['argv'][0]} ({result.meta['arch']}), which {how}: "
         f"{result.instructions:,} guest instructions in {result.blocks_executed:,} executed blocks, "
@@ -429,7 +461,7 @@ def summary(result: RecordResult) -> str:
         f"{result.threads} thread{'s' if result.threads != 1 else ''}; "
         f"{_size(result.bytes_on_disk)} on disk in {result.chunks} chunk{'s' if result.chunks != 1 else ''} "
         f"({per_insn:.3f} bytes/instruction); wall time {result.wall_time:.2f} s. "
-        f"Trace: {result.trace_dir}"
+        f"Trace: {result.trace_dir}{note}"
     )
 
 

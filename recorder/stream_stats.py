@@ -39,6 +39,7 @@ class StreamStats:
     blocks: BlockTable = field(default_factory=BlockTable)
     _plan: PositionPlan | None = None
     _open: dict = field(default_factory=dict)
+    _images: dict = field(default_factory=dict)  # pid -> the latest stream that began a program image
 
     def __post_init__(self):
         self._plan = PositionPlan(self.blocks, self.arch, keep_segments=False)
@@ -54,6 +55,9 @@ class StreamStats:
         events = view.section(F.SEC_EVENT)
         self.events += len(events)
         self.syscalls += int(np.count_nonzero(events["kind"] == F.EV_SYSCALL))
+        if np.any(events["kind"] == F.EV_PROCESS):
+            pid = int(h["pid"])
+            self._images[pid] = max(self._images.get(pid, 0), view.stream)
         self.threads.add((int(h["pid"]), int(h["tid"])))
         self.blocks.add(view.section(F.SEC_BLOCK), view.section(F.SEC_INSN_SIZE), view.section(F.SEC_INSN_BYTES))
         self._plan.add(h, events, view.stream)
@@ -76,12 +80,13 @@ class StreamStats:
                     state.path = bytes(blob[off: off + length]).decode(errors="backslashreplace")
 
     def left_by_exec(self, exec_numbers: set[int]) -> list[dict]:
-        """Threads whose last act was an exec that never returned: the process went
-        on as another program, which QEMU user mode does not run."""
+        """Threads whose last act was an exec that never returned and whose process
+        has no later stream: it went on as another program that no QEMU of the
+        recording ran (a QEMU that follows exec starts a new stream for it)."""
         out = []
         for stream, state in sorted(self._open.items()):
             log = self._plan.streams.get(stream)
-            if state.number in exec_numbers and log is not None:
+            if state.number in exec_numbers and log is not None and self._images.get(log.pid, 0) < stream:
                 out.append({"pid": log.pid, "tid": log.tid, "path": state.path})
         return sorted(out, key=lambda d: (d["pid"], d["tid"]))
 

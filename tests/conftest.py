@@ -9,6 +9,8 @@ different number of instructions for a different environment.
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import os
 import re
@@ -147,16 +149,16 @@ class InsnCounter:
     recording (QEMU takes several -plugin options), so both see one execution:
     a multi-threaded program's instruction count differs from run to run."""
 
+    runs = itertools.count(1)  # one file name per run in the session: the counter claims it (O_EXCL)
+
     def __init__(self, lib: Path, out_dir: Path, qemu: str):
         self.lib = lib
         self.out_dir = out_dir
         self.qemu = qemu
-        self.runs = 0
 
     def options(self) -> tuple[list[str], Path]:
         """cannoli record options that load the counter, and where it writes."""
-        self.runs += 1
-        out = self.out_dir / f"count-{os.getpid()}-{self.runs}.txt"
+        out = self.out_dir / f"count-{os.getpid()}-{next(self.runs)}.txt"
         return ["--qemu-option=-plugin", f"--qemu-option={self.lib},out={out}"], out
 
     @staticmethod
@@ -241,7 +243,8 @@ def qemu_strace(qemu):
 def host_strace(cmd: list, *, cwd=None, env=None, calls: str = "execve,openat",
                 timeout: int = 120) -> tuple[subprocess.CompletedProcess, list[tuple[str, list[bytes], int]]]:
     """Run `cmd` natively under strace(1) -f: (the run, [(syscall, its string
-    arguments, return value)]) of the traced calls, in order."""
+    arguments, return value)]) of the traced calls, in order; a failed call's
+    return value is -errno, as the kernel returns it."""
     fd, name = tempfile.mkstemp(suffix=".strace")
     os.close(fd)
     log = Path(name)
@@ -253,10 +256,11 @@ def host_strace(cmd: list, *, cwd=None, env=None, calls: str = "execve,openat",
         log.unlink(missing_ok=True)
     found = []
     for line in text.splitlines():
-        m = re.match(r"^\d+\s+(\w+)\((.*)\) += (-?\d+|0x[0-9a-f]+)", line)
+        m = re.match(r"^\d+\s+(\w+)\((.*)\) += (-?\d+|0x[0-9a-f]+)(?: (E[A-Z0-9]+) )?", line)
         if m:
             strings = [bytes.fromhex(h.replace("\\x", "")) for h in re.findall(r'"((?:\\x[0-9a-f]{2})*)"', m[2])]
-            found.append((m[1], strings, int(m[3], 0)))
+            ret = int(m[3], 0)
+            found.append((m[1], strings, -getattr(errno, m[4]) if ret == -1 and m[4] else ret))
     return proc, found
 
 

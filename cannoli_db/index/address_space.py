@@ -13,10 +13,18 @@ the target's own (cannoli_db.arch): MAP_ANONYMOUS is 0x800 on MIPS.  Modules
 are the program, the interpreter and every ELF file mapped at offset 0; their
 symbols, and those of their separate debug files (cannoli_db.symbols), are
 relocated to where they were loaded.
+
+Program images: a process that exec'd under a QEMU that follows exec has one
+image per program, one after the other.  Each image's PROCESS event is in the
+stream that the new QEMU started, whose THREAD_START position (the ring's
+next position when it started) lies after every instruction of the image
+before and at or before every one of its own: that position keys the image
+(`image_idx`; 0 for the image a process began with or inherited at fork).
 """
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,15 +78,6 @@ class ElfImage:
         return max(page_up(v + m) for v, m, _, _ in self.loads)
 
 
-def host_path(sysroot: str | None, guest_path: str) -> str:
-    """Where this machine reads a file the guest named: under the sysroot first, if it is there."""
-    if sysroot and guest_path.startswith("/"):
-        candidate = os.path.join(sysroot, guest_path.lstrip("/"))
-        if os.path.exists(candidate):
-            return candidate
-    return guest_path
-
-
 def read_elf(path: str) -> ElfImage | None:
     """The ELF image at `path`, or None if it is missing or not an ELF file."""
     try:
@@ -107,35 +106,57 @@ class _Builder:
     def __init__(self, sysroot: str | None):
         self.sysroot = sysroot
         self.mmaps = []
-        self.modules = []  # (pid, path, start, end, bias, kind)
+        self.modules = []  # (pid, path, start, end, bias, kind, image_idx)
+        self.images: dict[int, list[int]] = {}  # pid -> image_idx of its exec'd images, ascending
 
     def host_path(self, guest_path: str) -> str:
         return symbols.host_path(guest_path, self.sysroot)
 
-    def place(self, pid: int, image: ElfImage, bias: int, kind: str, guest_path: str) -> None:
+    def image_at(self, pid: int, idx: int) -> int:
+        """image_idx of the program image process pid ran at position idx."""
+        starts = self.images.get(pid, [])
+        k = bisect.bisect_right(starts, idx)
+        return starts[k - 1] if k else 0
+
+    def place(self, pid: int, image: ElfImage, bias: int, kind: str, guest_path: str, image_idx: int) -> None:
+        # an exec'd image's initial rows carry the position it began at: they replace the pid's earlier ones
+        at = image_idx or None
         for vaddr, memsz, offset, prot in image.loads:
-            self.mmaps.append((None, None, pid, "initial", page_down(bias + vaddr), page_up(bias + vaddr + memsz),
+            self.mmaps.append((at, None, pid, "initial", page_down(bias + vaddr), page_up(bias + vaddr + memsz),
                                prot, None, guest_path, page_down(offset)))
-        self.modules.append((pid, guest_path, bias + image.low, bias + image.high, bias, kind))
+        self.modules.append((pid, guest_path, bias + image.low, bias + image.high, bias, kind, image_idx))
+
+
+def _images(events) -> list[tuple[np.void, int]]:
+    """(PROCESS event, image_idx) of every program image, in stream order: the
+    recording's program first, then the images that exec'd programs began."""
+    ev = events.table()
+    started = {int(e["stream"]): int(e["seq"]) for e in ev[ev["kind"] == F.EV_THREAD_START]}
+    processes = ev[ev["kind"] == F.EV_PROCESS]
+    return [(e, started.get(int(e["stream"]), 0) if k else 0) for k, e in enumerate(processes)]
 
 
 def _initial_layout(b: _Builder, meta: dict, events) -> None:
-    ev = events.table()
-    processes = ev[ev["kind"] == F.EV_PROCESS]
-    for e in processes:
+    images = _images(events)
+    for k, (e, image_idx) in enumerate(images):
         pid = int(e["pid"])
-        program = meta.get("program_path") or events.blob(e).decode(errors="backslashreplace")
-        exe = read_elf(program)
+        if image_idx:
+            b.images.setdefault(pid, []).append(image_idx)
+        recorded = events.blob(e).decode(errors="backslashreplace")
+        program = (meta.get("program_path") if k == 0 else None) or recorded
+        exe = read_elf(program)  # a program QEMU runs is a host path (-L is for its interpreter)
         if exe is None:
             continue
-        start_code, first_pc = int(e["v"][0]) or _logged_start_code(meta), int(e["v"][4])
-        b.place(pid, exe, start_code - exe.code_start, "executable", program)
+        start_code, first_pc = int(e["v"][0]) or (_logged_start_code(meta) if k == 0 else 0), int(e["v"][4])
+        if not start_code:
+            continue  # an unpatched QEMU 10.0 says no start_code, and only the first image has QEMU's page log
+        b.place(pid, exe, start_code - exe.code_start, "executable", program, image_idx)
         if exe.interp:
             interp = read_elf(b.host_path(exe.interp))
             if interp is not None:
-                b.place(pid, interp, first_pc - interp.entry, "interpreter", exe.interp)
-    if len(processes) and isinstance(meta.get("initial_layout"), dict):
-        _qemu_regions(b, int(processes[0]["pid"]), meta["initial_layout"])
+                b.place(pid, interp, first_pc - interp.entry, "interpreter", exe.interp, image_idx)
+        if k == 0 and isinstance(meta.get("initial_layout"), dict):
+            _qemu_regions(b, pid, meta["initial_layout"])
 
 
 def _logged_start_code(meta: dict) -> int:
@@ -148,7 +169,7 @@ def _logged_start_code(meta: dict) -> int:
 def _qemu_regions(b: _Builder, pid: int, layout: dict) -> None:
     """The mappings QEMU made that no ELF segment explains: the stack and its
     guard page, the vsyscall/vdso page, reservations (recorder/layout_log.py)."""
-    images = [(m[4], m[5]) for m in b.mmaps if m[2] == pid]
+    images = [(m[4], m[5]) for m in b.mmaps if m[2] == pid and m[0] is None]
     stack, brk = layout.get("start_stack"), layout.get("brk")
     for region in layout.get("regions", []):
         if not (isinstance(region, list) and len(region) == 3):
@@ -174,11 +195,12 @@ def _changes(b: _Builder, con, guest: guest_arch.Arch) -> None:
     strings = {(idx, arg): value for idx, arg, value in
                con.execute("SELECT idx, arg, value FROM syscall_strings").fetchall()}
     fds: dict[int, dict[int, str]] = {}
-    brk_start: dict[int, int] = {}
-    brk_now: dict[int, int] = {}
-    mapped_at_zero: set[tuple[int, str]] = set()
+    brk_start: dict[tuple[int, int], int] = {}  # per program image: (pid, image_idx)
+    brk_now: dict[tuple[int, int], int] = {}
+    mapped_at_zero: set[tuple[int, int, str]] = set()
     for idx, tid, pid, name, a0, a1, a2, a3, a4, a5, ret in calls:
         table = fds.setdefault(pid, {})
+        image = (pid, b.image_at(pid, idx))
         if name in OPEN_CALLS and not failed(ret):
             table[ret] = strings.get((idx, OPEN_CALLS[name]))
         elif name == "close" and ret == 0:
@@ -191,9 +213,9 @@ def _changes(b: _Builder, con, guest: guest_arch.Arch) -> None:
             path = None if anonymous else table.get(int(fd))
             offset = a5 * (PAGE if name == "mmap2" else 1)
             b.mmaps.append((idx, tid, pid, "mmap", ret, ret + page_up(a1), a2, a3, path, None if anonymous else offset))
-            if path and offset == 0 and (pid, path) not in mapped_at_zero:
-                mapped_at_zero.add((pid, path))
-                _library(b, pid, path, ret)
+            if path and offset == 0 and (*image, path) not in mapped_at_zero:
+                mapped_at_zero.add((*image, path))
+                _library(b, image, path, ret)
         elif name == "munmap" and ret == 0:
             b.mmaps.append((idx, tid, pid, "munmap", a0, a0 + page_up(a1), None, None, None, None))
         elif name == "mprotect" and ret == 0:
@@ -202,25 +224,30 @@ def _changes(b: _Builder, con, guest: guest_arch.Arch) -> None:
             b.mmaps.append((idx, tid, pid, "mremap", ret, ret + page_up(a2), None, a3, None, None))
         elif name == "brk" and ret is not None:
             # the first brk reports where the heap starts; later ones move its end
-            brk_start.setdefault(pid, ret)
-            if ret != brk_now.get(pid, brk_start[pid]):
-                b.mmaps.append((idx, tid, pid, "brk", brk_start[pid], page_up(ret), PROT_READ | PROT_WRITE,
+            brk_start.setdefault(image, ret)
+            if ret != brk_now.get(image, brk_start[image]):
+                b.mmaps.append((idx, tid, pid, "brk", brk_start[image], page_up(ret), PROT_READ | PROT_WRITE,
                                 None, None, None))
-            brk_now[pid] = ret
+            brk_now[image] = ret
 
 
-def _library(b: _Builder, pid: int, path: str, start: int) -> None:
-    image = read_elf(b.host_path(path))
-    if image is None or not image.is_dyn:
+def _library(b: _Builder, image: tuple[int, int], path: str, start: int) -> None:
+    elf = read_elf(b.host_path(path))
+    if elf is None or not elf.is_dyn:
         return
-    bias = start - image.low
-    b.modules.append((pid, path, start, bias + image.high, bias, "library"))
+    bias = start - elf.low
+    pid, image_idx = image
+    b.modules.append((pid, path, start, bias + elf.high, bias, "library", image_idx))
 
 
 def _symbols(b: _Builder) -> pa.Table:
     cols = {"pid": [], "module": [], "name": [], "addr": [], "size": [], "kind": []}
     read: dict[str, tuple] = {}  # host path -> (image, symbols): a library shared by many processes is read once
-    for pid, path, _, _, bias, _ in b.modules:
+    listed: set[tuple[int, str, int]] = set()  # a program exec'd again at the same place: its symbols once
+    for pid, path, _, _, bias, _, _ in b.modules:
+        if (pid, path, bias) in listed:
+            continue
+        listed.add((pid, path, bias))
         host = b.host_path(path)
         if host not in read:
             read[host] = (read_elf(host), symbols.module_symbols(host, b.sysroot))
@@ -247,6 +274,6 @@ def load(con, meta: dict, events) -> None:
     if b.mmaps:
         con.executemany("INSERT INTO mmaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", b.mmaps)
     if b.modules:
-        con.executemany("INSERT INTO modules VALUES (?, ?, ?, ?, ?, ?)", b.modules)
+        con.executemany("INSERT INTO modules VALUES (?, ?, ?, ?, ?, ?, ?)", b.modules)
     symbols_table = _symbols(b)
     con.execute("INSERT INTO symbols SELECT * FROM symbols_table")

@@ -45,10 +45,17 @@ def load_reg_names(con, names: list[str], recorded: int) -> None:
 
 
 def load_threads(con, plan: PositionPlan) -> None:
+    """One row per stream.  A thread that exec'd under a QEMU that follows exec
+    goes on in a new stream of the same (pid, tid): its earlier rows ended at
+    that exec (exited), and the later ones keep the process's parent."""
     rows = []
-    for log in sorted(plan.streams.values(), key=lambda s: (s.pid, s.tid, s.stream)):
+    logs = sorted(plan.streams.values(), key=lambda s: (s.pid, s.tid, s.stream))
+    for k, log in enumerate(logs):
         first, last, insns = plan.stream_span(log)
-        rows.append((log.tid, log.pid, log.parent_pid, first, last, insns, plan.blocks_of(log), log.exited))
+        earlier = k > 0 and (logs[k - 1].pid, logs[k - 1].tid) == (log.pid, log.tid)
+        later = k + 1 < len(logs) and (logs[k + 1].pid, logs[k + 1].tid) == (log.pid, log.tid)
+        parent = rows[-1][2] if earlier and log.parent_pid is None else log.parent_pid
+        rows.append((log.tid, log.pid, parent, first, last, insns, plan.blocks_of(log), log.exited or later))
     if rows:
         con.executemany("INSERT INTO threads VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
 

@@ -60,7 +60,9 @@ def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, obje
         facts.insert(1, ("script", script))
     for left in meta.get("left_by_exec") or []:
         facts.append(("not followed", f"process {left['pid']} called exec({left['path'] or '?'}); "
-                                      f"QEMU user mode does not record what it ran after that"))
+                                      f"what it ran after that is not recorded"))
+    if meta.get("exec_note"):
+        facts.append(("exec", meta["exec_note"].removeprefix("cannoli: ")))
     facts += [(name.replace("_", " "), counts[name]) for name in
               ("instructions", "blocks_executed", "mem_events", "syscalls", "threads", "processes", "chunks",
                "bytes_on_disk")

@@ -40,6 +40,13 @@ struct cn_tb {
     uint64_t reg_writes;    /* bit r: the block may write recorded register r        */
 };
 
+/* The thread's current block travels with it from lane to lane: whether it
+ * finished, how far it got, and its block-end counter snapshot. */
+struct cn_block_state {
+    uint32_t done, progress, block;
+    uint64_t snap;
+};
+
 /* One guest thread (= one host thread in QEMU user mode). */
 struct cn_thread {
     struct cn_lane_header *lane;   /* NULL until the thread's first event       */
@@ -66,6 +73,9 @@ struct cn_thread {
     bool call_pending;             /* the open syscall has buffers to copy at its return */
     int64_t call_nr;               /* ... its number and arguments (plugin_syscall.c) */
     uint64_t call_args[6];
+    bool handed_over;              /* the lane went to the recorder at an exec call;
+                                      the next lane continues from `resume`      */
+    struct cn_block_state resume;
 };
 
 /* Global state, set once in qemu_plugin_install. */
@@ -95,6 +105,11 @@ CN_HIDDEN struct cn_thread *cn_thread_begin(struct cn_thread *t);
  * (CN_PACKET_CONTINUES) for the records it still makes. */
 CN_HIDDEN void cn_lane_rollover(struct cn_thread *t, bool between_blocks);
 CN_HIDDEN void cn_lane_publish(struct cn_thread *t, uint32_t flags);
+/* An exec call is entered: publish the lane now, for the program may be gone
+ * at its return (a followed exec runs it in a new QEMU, which starts a new
+ * stream).  If the call fails, the thread's next event takes a lane that
+ * continues the syscall's block, as a rollover's would. */
+CN_HIDDEN void cn_lane_hand_over(struct cn_thread *t);
 CN_HIDDEN struct cn_event *cn_event_new(struct cn_thread *t, uint16_t kind, uint64_t ordinal);
 CN_HIDDEN void cn_event_commit(struct cn_thread *t);
 /* Close the open segment at end_ordinal (the thread's exec_ord, or exec_ord - 1

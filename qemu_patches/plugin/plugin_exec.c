@@ -41,9 +41,12 @@
  * is taken as finished.  Faults are rare and that window is a few
  * instructions wide; docs/format.md states it.
  */
+#include <limits.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "plugin.h"
 #include "../fault_point.h"
@@ -282,17 +285,34 @@ static struct cn_tb *describe_block(struct qemu_plugin_tb *tb)
     return d;
 }
 
-/* Where QEMU's loader put the program, once per process: the indexer places
+/* The program's path, absolute: QEMU gives it as its command line (or the
+ * exec call that ran it) named it, maybe relative to the working directory,
+ * which is still the one it was named in. */
+static size_t program_path(char *out, size_t size)
+{
+    const char *path = qemu_plugin_path_to_binary ? qemu_plugin_path_to_binary() : NULL;
+    char cwd[PATH_MAX];
+    if (!path) {
+        return 0;
+    }
+    bool relative = path[0] != '/' && getcwd(cwd, sizeof(cwd)) != NULL;
+    int n = snprintf(out, size, "%s%s%s", relative ? cwd : "", relative ? "/" : "", path);
+    free((void *)path); /* QEMU's copy */
+    return n < 0 ? 0 : (size_t)n < size ? (size_t)n : size - 1;
+}
+
+/* Where QEMU's loader put the program, once per process image (a fork child
+ * shares its parent's; a followed exec records its own): the indexer places
  * the executable and interpreter with it. */
 static void record_process(struct cn_thread *t, uint64_t first_pc)
 {
-    const char *path = qemu_plugin_path_to_binary ? qemu_plugin_path_to_binary() : NULL;
-    size_t len = path ? strnlen(path, CN_MAX_BLOB_ITEM) : 0;
+    char path[CN_MAX_BLOB_ITEM];
+    size_t len = program_path(path, sizeof(path));
     cn_lane_reserve(t, CN_SEC_BLOB, (uint32_t)len);
     cn_lane_reserve(t, CN_SEC_EVENT, 1);
     struct cn_lane_header *lane = t->lane;
     uint32_t off = lane->count[CN_SEC_BLOB];
-    memcpy((uint8_t *)cn_sec(lane, CN_SEC_BLOB) + off, path ? path : "", len);
+    memcpy((uint8_t *)cn_sec(lane, CN_SEC_BLOB) + off, path, len);
     cn_count_set(lane, CN_SEC_BLOB, off + (uint32_t)len);
     struct cn_event *ev = cn_event_new(t, CN_EV_PROCESS, t->exec_ord);
     /* 0 where this QEMU cannot say (qemu_plugin_api.h) */

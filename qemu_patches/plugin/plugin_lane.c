@@ -70,13 +70,6 @@ static struct cn_lane_header *lane_take(uint32_t hint)
     }
 }
 
-/* The thread's current block travels with it from lane to lane: whether it
- * finished, how far it got, and its block-end counter snapshot. */
-struct cn_block_state {
-    uint32_t done, progress, block;
-    uint64_t snap;
-};
-
 /* continues: the thread is inside its current block, which exec[0] repeats */
 static void lane_begin(struct cn_thread *t, struct cn_block_state cur, bool continues)
 {
@@ -195,6 +188,14 @@ void cn_lane_rollover(struct cn_thread *t, bool between_blocks)
     lane_begin(t, cur, !between_blocks && t->cur != NULL);
 }
 
+void cn_lane_hand_over(struct cn_thread *t)
+{
+    struct cn_lane_header *lane = t->lane;
+    t->resume = (struct cn_block_state){ lane->cur_done, lane->cur_progress, lane->cur_block, lane->cur_snap };
+    t->handed_over = true;
+    cn_lane_publish(t, 0);
+}
+
 static uint64_t position_now(void)
 {
     return __atomic_load_n(&cn_cfg.ring->next_idx, __ATOMIC_SEQ_CST);
@@ -214,6 +215,9 @@ struct cn_thread *cn_thread_begin(struct cn_thread *t)
         ev->v[1] = t->tid;
         ev->v[2] = t->parent_pid;
         cn_event_commit(t);
+    } else if (t->handed_over) {
+        t->handed_over = false; /* the exec call failed: the thread goes on here */
+        lane_begin(t, t->resume, t->cur != NULL);
     } else {
         lane_begin(t, (struct cn_block_state){ 1, 0, 0, 0 }, false);
     }

@@ -2,9 +2,18 @@
  * plugin_main.c -- Cannoli DB's QEMU TCG plugin: entry point and options.
  *
  * Usage (the recorder builds this command line; see cannoli_db/recorder):
- *   qemu-x86_64 -plugin libcannoli.so,fd=N[,mem=on|off] ./app [args...]
- *     fd=N     descriptor of the shared-memory ring (a memfd the recorder
- *              created and initialised; see cannoli_ring.h).  Required.
+ *   qemu-x86_64 -plugin libcannoli.so,ring=PATH[,mem=on|off] ./app [args...]
+ *     ring=PATH  the shared-memory ring (a memfd the recorder created and
+ *              initialised; see cannoli_ring.h) as a path to open, the
+ *              recorder's /proc/<pid>/fd/<n>: a QEMU that follows an exec
+ *              (qemu_patches/0003) loads the plugin again with the same
+ *              options, and the new image opens the same ring.
+ *     fd=N     the ring as a descriptor QEMU inherited.  With ring=PATH too,
+ *              the plugin maps the ring from PATH and closes descriptor N only
+ *              if it is that ring's memfd: in the first QEMU it is, and holding
+ *              the lowest free descriptor until then keeps QEMU's own files
+ *              above the guest's first ones; in an exec'd program's QEMU, N is
+ *              the guest's and stays open.  One of ring and fd is required.
  *     mem=on   record every memory access with its value (default);
  *     mem=off  blocks, syscalls and threads only.
  *     regs=on  record registers at block entry (default with plugin API >= 2;
@@ -91,6 +100,8 @@ static int parse_on_off(const char *value, bool *out)
     return -1;
 }
 
+static const char *ring_path; /* ring=PATH */
+
 static int parse_options(int argc, char **argv, int *fd)
 {
     *fd = -1;
@@ -110,6 +121,11 @@ static int parse_options(int argc, char **argv, int *fd)
                 return fail("fd must be a descriptor number", argv[i]);
             }
             *fd = (int)v;
+        } else if (keylen == 4 && strncmp(argv[i], "ring", 4) == 0) {
+            if (value[0] != '/' || strlen(value) >= PATH_MAX) {
+                return fail("ring must be an absolute path", argv[i]);
+            }
+            ring_path = value;
         } else if (keylen == 3 && strncmp(argv[i], "mem", 3) == 0) {
             if (parse_on_off(value, &cn_cfg.record_mem) != 0) {
                 return fail("mem must be on or off", argv[i]);
@@ -134,11 +150,39 @@ static int parse_options(int argc, char **argv, int *fd)
             }
             layout_log = value;
         } else {
-            return fail("unknown option (known: fd, mem, regs, x86_flags, layout_log)", argv[i]);
+            return fail("unknown option (known: ring, fd, mem, regs, x86_flags, layout_log)", argv[i]);
         }
     }
+    if (*fd < 0 && !ring_path) {
+        return fail("give the recorder's ring with ring=PATH or fd=N", NULL);
+    }
+    return 0;
+}
+
+static bool same_file(int a, int b)
+{
+    struct stat sa, sb;
+    return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* The ring at ring=PATH: the recorder keeps the memfd open, so its
+ * /proc/<pid>/fd/<n> opens the same memory from every QEMU of the recording.
+ * An inherited fd=N is closed where it is that memfd (it is nothing else's). */
+static int open_ring(int *fd)
+{
+    if (!ring_path) {
+        return 0;
+    }
+    int inherited = *fd;
+    *fd = open(ring_path, O_RDWR | O_CLOEXEC);
     if (*fd < 0) {
-        return fail("missing fd=N (the ring descriptor from the recorder)", NULL);
+        char why[PATH_MAX + 64];
+        snprintf(why, sizeof(why), "%s: %s (is the recorder still running, as this user?)", ring_path,
+                 strerror(errno));
+        return fail("cannot open the ring", why);
+    }
+    if (inherited >= 0 && inherited != *fd && same_file(inherited, *fd)) {
+        close(inherited);
     }
     return 0;
 }
@@ -146,11 +190,13 @@ static int parse_options(int argc, char **argv, int *fd)
 static int map_ring(int fd)
 {
     struct stat st;
-    if (fstat(fd, &st) != 0 || (size_t)st.st_size < sizeof(struct cn_ring_header)) {
-        return fail("fd is not a ring", strerror(errno));
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (size_t)st.st_size < sizeof(struct cn_ring_header)) {
+        close(fd);
+        return fail("the ring descriptor is not a ring", ring_path);
     }
     void *mem = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (mem == MAP_FAILED) {
+        close(fd);
         return fail("cannot map the ring", strerror(errno));
     }
     close(fd); /* the mapping stays; the guest never sees the descriptor */
@@ -194,7 +240,7 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     if (info->system_emulation) {
         return fail("only QEMU user mode (qemu-<arch>) is supported", NULL);
     }
-    if (parse_options(argc, argv, &fd) != 0 || map_ring(fd) != 0) {
+    if (parse_options(argc, argv, &fd) != 0 || open_ring(&fd) != 0 || map_ring(fd) != 0) {
         return -1;
     }
     cn_cfg.target = info->target_name;

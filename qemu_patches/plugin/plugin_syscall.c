@@ -65,6 +65,7 @@ struct target_tables {
     const struct buffer_arg *buffers;
     size_t n_buffers;
     const struct sigaction_abi *sigaction;
+    int exec_calls[2];  /* execve, execveat: the thread may become another program */
 };
 
 #include "syscall_tables.h"
@@ -74,6 +75,7 @@ static size_t n_paths;
 static const struct buffer_arg *buffers;
 static size_t n_buffers;
 static const struct sigaction_abi *sigaction_abi;
+static int exec_calls[2] = { -1, -1 };
 static uint64_t pointer_mask = ~0ull; /* a 32-bit guest's registers arrive sign-extended */
 
 /* Every handler address ever installed (never removed: a handler may be
@@ -94,6 +96,7 @@ bool cn_syscall_table_select(const char *target)
             buffers = t->buffers;
             n_buffers = t->n_buffers;
             sigaction_abi = t->sigaction;
+            memcpy(exec_calls, t->exec_calls, sizeof(exec_calls));
             pointer_mask = t->sigaction->handler_size == 4 ? 0xffffffffull : ~0ull;
             handlers_unknown = false;
             return true;
@@ -340,6 +343,9 @@ void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uin
     if (t->call_pending) {
         t->call_nr = num;
         memcpy(t->call_args, args, sizeof(args));
+    }
+    if (num == exec_calls[0] || num == exec_calls[1]) {
+        cn_lane_hand_over(t);
     }
 }
 
