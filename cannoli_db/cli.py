@@ -501,7 +501,7 @@ def gdbserver(trace, listen, at, tid, verbose):
     address = parse_listen(listen) if listen else None
     log = log_to_stderr if verbose else None
     with _open(trace) as t:
-        session = Session.open(History(t), at, tid)
+        session = Session.open(History(t, at=at), at, tid)
         if address is None:
             serve_stdio(session, log)
         else:

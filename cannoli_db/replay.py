@@ -182,12 +182,24 @@ def _window(trace, disasm: Disassembler, changes: RegisterChanges, lo: int, hi: 
         WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid)""", params).rows}
     regs = changes.window(lo, hi)
     texts, codes = _block_texts(trace, disasm, {r[3] for r in insns})
-    pcs = np.fromiter((r[2] for r in insns), np.uint64, len(insns))
-    unique, inverse = np.unique(pcs, return_inverse=True)
-    names, lines = trace.symbolizer.names(unique), trace.symbolizer.locations(unique)
-    for (idx, thread, pc, block_id, n), at in zip(insns, inverse):
-        yield Step(idx, thread, pc, names[at], texts[block_id][n], codes[block_id][n],
-                   mem.get(idx, ()), calls.get(idx), regs.get(idx, ()), lines[at])
+    names = _names(trace.symbolizer, insns)
+    for (idx, thread, pc, block_id, n) in insns:
+        name, line = names[(trace.symbolizer.space(thread, idx), pc)]
+        yield Step(idx, thread, pc, name, texts[block_id][n], codes[block_id][n],
+                   mem.get(idx, ()), calls.get(idx), regs.get(idx, ()), line)
+
+
+def _names(sym, insns) -> dict:
+    """{(space, pc): (name, line)} for the window's instructions, one lookup per space."""
+    by_space: dict = {}
+    for idx, thread, pc, _, _ in insns:
+        by_space.setdefault(sym.space(thread, idx), set()).add(pc)
+    out = {}
+    for space, pcs in by_space.items():
+        pcs = sorted(pcs)
+        for pc, name, line in zip(pcs, sym.names(pcs, space), sym.locations(pcs, space)):
+            out[(space, pc)] = (name, line)
+    return out
 
 
 def _by_idx(rows) -> dict[int, tuple[Access, ...]]:

@@ -132,15 +132,19 @@ def load_span(path: str) -> tuple[int, int]:
                                                             for s in loads))
 
 
-def entry_ran(t: Trace, pid: int, path: str, image_idx: int) -> bool:
-    """Did the program's entry point -- e_entry from its ELF file plus the load bias the
-    index placed its image at -- run in process pid from position image_idx on?"""
+def entry_position(t: Trace, pid: int, path: str, image_idx: int) -> int | None:
+    """Where the program's entry point -- e_entry from its ELF file plus the load bias the
+    index placed its image at -- first ran in process pid from position image_idx on."""
     with open(path, "rb") as f:
         entry = ELFFile(f)["e_entry"]
     ((bias,),) = t.sql("SELECT load_bias FROM modules WHERE pid = $p AND kind = 'executable' "
                        "AND image_idx = $i", {"p": pid, "i": image_idx}).rows
-    return t.sql("SELECT count(*) FROM exec WHERE tid = $p AND pc = $pc AND idx >= $i",
-                 {"p": pid, "pc": bias + entry, "i": image_idx}).rows[0][0] > 0
+    return t.sql("SELECT min(idx) FROM exec WHERE tid = $p AND pc = $pc AND idx >= $i",
+                 {"p": pid, "pc": bias + entry, "i": image_idx}).rows[0][0]
+
+
+def entry_ran(t: Trace, pid: int, path: str, image_idx: int) -> bool:
+    return entry_position(t, pid, path, image_idx) is not None
 
 
 def assert_images_counted(trace: Path, out: Path) -> dict[tuple[int, int], int]:
@@ -187,6 +191,15 @@ def test_sh_running_two_coreutils_records_three_processes(record10, tmp_path):
             assert before[2] == idx and before[3]  # the old image ended at the execve instruction
             assert exes[pid] == [(path, after[1])]
             assert entry_ran(t, pid, path, after[1])  # placed where QEMU loaded it
+            # its entry point is named in its own image, whatever sh's image had at that address
+            at = entry_position(t, pid, path, after[1])
+            (step,) = t.replay(at, at + 1)
+            assert step.symbol.startswith(os.path.basename(path) + "+"), step.symbol
+        # coverage splits each process's instructions among its images' modules, all of them counted
+        per_pid: dict[int, int] = {}
+        for row in t.query("coverage").dicts():
+            per_pid[row["pid"]] = per_pid.get(row["pid"], 0) + row["executed_insns"]
+        assert per_pid == {pid: sum(n for (p, _), n in images.items() if p == pid) for pid, _ in images}
         # the bytes each program wrote to stdout, as the native run wrote them, by the exec'd processes
         native_writes = [s[0] for name, s, ret in calls if name == "write" and ret > 0]
         assert [data for _, data in stdout_writes(t)] == native_writes

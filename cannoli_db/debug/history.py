@@ -97,7 +97,10 @@ class Module:
 
 
 class History:
-    def __init__(self, trace: Trace, pid: int | None = None):
+    """One program image of one process: the first process's first, or the one running at
+    position `at`.  (A process that exec'd ran one image after another; gdb debugs one program.)"""
+
+    def __init__(self, trace: Trace, pid: int | None = None, at: int | None = None):
         self.trace = trace
         self.end = trace.end
         self.arch = guest_arch.of_meta(trace.meta, trace.path).name
@@ -105,8 +108,11 @@ class History:
                          "WHERE first_idx IS NOT NULL ORDER BY first_idx").rows
         if not rows:
             raise CannoliError(f"{trace.path} has no instructions to debug")
-        self.pid = rows[0][1] if pid is None else pid
-        self._threads = {r[0]: Thread(*r) for r in rows if r[1] == self.pid}
+        start = next((r for r in rows if at is not None and r[2] <= at <= r[3]), rows[0])
+        self.pid = start[1] if pid is None else pid
+        self.image, until = self._image(start[2] if pid is None or pid == start[1] else 0)
+        self._threads = {r[0]: Thread(*r) for r in rows if r[1] == self.pid and self.image <= r[2] < until}
+        self.end = min(self.end, until)  # the image's history ends where the process exec'd the next
         if not self._threads:
             raise CannoliError(f"no process {pid} in {trace.path}; its processes are: "
                                f"{', '.join(sorted({str(r[1]) for r in rows}))}")
@@ -114,6 +120,13 @@ class History:
         others = any(r[1] != self.pid for r in rows)
         self._own = f" AND tid IN ({', '.join(map(str, self._threads))})" if others else ""
         self._site_cache: dict[frozenset[int], tuple[list[int], list[int]]] = {}
+
+    def _image(self, idx: int) -> tuple[int, int]:
+        """[start, end) of the process's program image that holds position idx."""
+        starts = sorted({r[0] for r in self.trace.sql("SELECT image_idx FROM modules WHERE pid = $p",
+                                                       {"p": self.pid}).rows} | {0})
+        image = max(s for s in starts if s <= idx)
+        return image, min((s for s in starts if s > image), default=1 << 64)
 
     # -- threads and positions ----------------------------------------------
 
@@ -276,7 +289,8 @@ class History:
             SELECT m.path, m.kind, m.start, m."end", m.load_bias,
                    (SELECT min(x.idx) FROM mmaps x WHERE x.pid = m.pid AND x.kind = 'mmap'
                                                     AND x.path = m.path AND x.start = m.start) AS loaded_at
-            FROM modules m WHERE m.pid = $pid ORDER BY m.start""", {"pid": self.pid}).rows
+            FROM modules m WHERE m.pid = $pid AND m.image_idx = $image ORDER BY m.start""",
+            {"pid": self.pid, "image": self.image}).rows
         sysroot = self.trace.meta.get("sysroot")
         return tuple(_module(path, host_path(path, sysroot), kind, start, end, bias, loaded_at)
                      for path, kind, start, end, bias, loaded_at in rows)

@@ -330,9 +330,11 @@ class Trace:
         start = self._checked_range(addr, size)
         self._check_position(before, "before")
         rows = self.query("who_wrote", addr=start, size=size, **({} if before is None else {"before": before}))
-        pcs = [r["pc"] for r in rows.dicts()]
-        names, lines = (self.symbolizer.names(pcs), self.symbolizer.locations(pcs)) if pcs else ([], [])
-        writes = [Write(symbol=name, line=line, **r) for r, name, line in zip(rows.dicts(), names, lines)]
+        sym = self.symbolizer
+        writes = []
+        for r in rows.dicts():
+            space = sym.space(r["tid"], r["idx"])
+            writes.append(Write(symbol=sym.name(r["pc"], space), line=sym.locations([r["pc"]], space)[0], **r))
         if stack:
             writes = [replace(w, stack=" < ".join(f.symbol for f in self.stack(w.idx, w.tid)[1:])) for w in writes]
         return Writes(writes, size, before, stack)
@@ -375,11 +377,12 @@ class Trace:
                                   WHERE tid = $tid AND call_idx < $at AND end_idx >= $at
                                   ORDER BY depth DESC""", {"tid": tid, "at": at}).rows
         pcs = [pc] + [caller for _, _, caller, _ in open_frames]
-        names = self.symbolizer.names(pcs)
+        space = self.symbolizer.space(tid, at)
+        names = self.symbolizer.names(pcs, space)
         calls = open_frames + [(None, "start", None, None)]
         frames = []
         for level, (pc, name, (call_idx, kind, caller, entry)) in enumerate(zip(pcs, names, calls)):
-            source = self.symbolizer.line(pc)
+            source = self.symbolizer.line(pc, space)
             frames.append(Frame(level, pc, name, source[0] if source else None, source[1] if source else None,
                                 kind, call_idx, caller, entry))
         return frames
