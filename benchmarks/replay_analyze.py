@@ -41,8 +41,8 @@ class CountEvents(Analysis):
             self.tables = tables
         self.events = 0
 
-    def per_chunk(self, chunk) -> int:
-        return chunk.events
+    def per_span(self, span) -> int:
+        return span.events
 
     def ordered(self, result: int) -> None:
         self.events += result

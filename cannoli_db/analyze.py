@@ -5,9 +5,9 @@ nothing; here the trace is kept, so an analysis can run afterwards, as often as
 wanted, on all cores:
 
     class Writes(Analysis):
-        tables = {"mem": ["addr", "is_write"]}        # what per_chunk needs
-        def per_chunk(self, chunk):                    # worker process, any order
-            return int(chunk.mem["is_write"].sum())
+        tables = {"mem": ["addr", "is_write"]}        # what per_span needs
+        def per_span(self, span):                    # worker process, any order
+            return int(span.mem["is_write"].sum())
         def ordered(self, result):                     # this process, trace order
             self.total = getattr(self, "total", 0) + result
         def finish(self):
@@ -15,11 +15,10 @@ wanted, on all cores:
 
     Trace.open("app.cannoli").analyze(Writes())
 
-A chunk is a range of positions [first_idx, end_idx): its exec rows (blocks
+A span is a range of positions [first_idx, end_idx): its exec rows (blocks
 that start inside it), mem rows and syscalls, as numpy arrays sorted by idx,
-read from the index by each worker over its own read-only connection.  (The
-index has already decoded and positioned every event; re-decoding the chunk
-files would need the position plan of the whole trace in every worker.)
+read from the store by each worker over its own read-only connection.  (The
+`per_chunk` of earlier releases still works, with a DeprecationWarning.)
 Workers are spawned processes: the analysis object is pickled to them, so its
 class must be importable (define it at module level; in a script, run the
 analysis under `if __name__ == "__main__":`).
@@ -29,6 +28,7 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -48,16 +48,23 @@ COLUMNS = {
     "mem": ["idx", "tid", "pc", "addr", "size", "is_write", "value"],
     "syscalls": ["idx", "tid", "nr", "name", "arg0", "arg1", "arg2", "arg3", "arg4", "arg5", "ret"],
 }
-EVENTS_PER_CHUNK = 4_000_000
+EVENTS_PER_SPAN = 4_000_000
 
 
 class Analysis:
-    """Base class: override per_chunk and ordered (and finish for a return value)."""
+    """Base class: override per_span and ordered (and finish for a return value)."""
 
-    # table -> columns that per_chunk reads; fewer columns, less to move
+    # table -> columns that per_span reads; fewer columns, less to move
     tables: dict[str, list[str]] = {"exec": COLUMNS["exec"], "mem": COLUMNS["mem"]}
 
-    def per_chunk(self, chunk: Chunk) -> Any:
+    def per_span(self, span: Span) -> Any:
+        if type(self).per_chunk is not Analysis.per_chunk:  # the name before 0.2
+            warnings.warn("Analysis.per_chunk is now per_span", DeprecationWarning, stacklevel=2)
+            return self.per_chunk(span)
+        raise NotImplementedError
+
+    def per_chunk(self, span: Span) -> Any:
+        """The old name of per_span, kept working for one release."""
         raise NotImplementedError
 
     def ordered(self, result: Any) -> None:
@@ -68,7 +75,7 @@ class Analysis:
 
 
 @dataclass
-class Chunk:
+class Span:
     number: int
     first_idx: int
     end_idx: int
@@ -106,13 +113,13 @@ def _worker_init(trace: str, arch: str, module_dir: str | None) -> None:
     _ARCH = arch
 
 
-def _run_chunk(analysis: Analysis, number: int, lo: int, hi: int) -> tuple[Any, int]:
+def _run_span(analysis: Analysis, number: int, lo: int, hi: int) -> tuple[Any, int]:
     data = {}
     for table in ("exec", "mem", "syscalls"):
         wanted = [c for c in analysis.tables.get(table, []) if c in COLUMNS[table]]
         data[table] = _fetch(table, wanted, lo, hi) if wanted else {}
-    chunk = Chunk(number, lo, hi, data["exec"], data["mem"], data["syscalls"], _CON, _ARCH)
-    return analysis.per_chunk(chunk), chunk.events
+    span = Span(number, lo, hi, data["exec"], data["mem"], data["syscalls"], _CON, _ARCH)
+    return analysis.per_span(span), span.events
 
 
 def _fetch(table: str, columns: list[str], lo: int, hi: int) -> dict[str, np.ndarray]:
@@ -127,9 +134,9 @@ def _fetch(table: str, columns: list[str], lo: int, hi: int) -> dict[str, np.nda
     return arrays
 
 
-def chunk_bounds(total: int, events: int) -> list[tuple[int, int]]:
+def span_bounds(total: int, events: int) -> list[tuple[int, int]]:
     per_position = max(events, 1) / max(total, 1)
-    size = max(1 << 16, int(EVENTS_PER_CHUNK / max(per_position, 1e-9)))
+    size = max(1 << 16, int(EVENTS_PER_SPAN / max(per_position, 1e-9)))
     return [(lo, min(total, lo + size)) for lo in range(0, total, size)]
 
 
@@ -142,7 +149,7 @@ def run(trace, analysis: Analysis, workers: int = 0) -> Any:
     workers = workers or multiprocessing.cpu_count()
     db = str(trace.path)
     arch = guest_arch.of_meta(trace.meta, trace.path).name
-    bounds = chunk_bounds(total, events)
+    bounds = span_bounds(total, events)
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_init,
@@ -151,7 +158,7 @@ def run(trace, analysis: Analysis, workers: int = 0) -> Any:
             window = workers * 2
             futures = []
             for number, (lo, hi) in enumerate(bounds):
-                futures.append(pool.submit(_run_chunk, analysis, number, lo, hi))
+                futures.append(pool.submit(_run_span, analysis, number, lo, hi))
                 if len(futures) > window:
                     analysis.ordered(futures.pop(0).result()[0])
             for future in futures:

@@ -21,7 +21,6 @@ import numpy as np
 from . import arch as guest_arch
 from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
-from .format import MAX_BLOCK_INSNS
 from .hex_columns import INFO as HEX
 from .reexec import RegisterChanges
 

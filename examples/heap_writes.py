@@ -5,7 +5,7 @@ how many distinct heap addresses they write.
 Usage: python3 examples/heap_writes.py TRACE [--top N]
 
 The heap is the range the program's brk calls grew (mmaps rows of kind 'brk').
-Per chunk (in worker processes): select the writes that fall in the heap and
+Per span of positions (in worker processes): select the writes that fall in the heap and
 count them per pc; in trace order: merge the counts and keep, per pc, the first
 position it wrote the heap.
 """
@@ -29,8 +29,8 @@ class HeapWrites(Analysis):
         self.first_write: dict[int, int] = {}
         self.addresses: list[np.ndarray] = []
 
-    def per_chunk(self, chunk):
-        mem = chunk.mem
+    def per_span(self, span):
+        mem = span.mem
         start, end = self.heap
         hit = mem["is_write"] & (mem["addr"] >= start) & (mem["addr"] < end)
         pcs, idx, addrs = mem["pc"][hit], mem["idx"][hit], mem["addr"][hit]
@@ -41,7 +41,7 @@ class HeapWrites(Analysis):
         pcs, first_idx, counts, addrs = result
         for pc, idx, n in zip(pcs.tolist(), first_idx.tolist(), counts.tolist()):
             self.writes[pc] += n
-            self.first_write.setdefault(pc, idx)  # chunks arrive in trace order
+            self.first_write.setdefault(pc, idx)  # spans arrive in trace order
         self.addresses.append(addrs)
 
     def finish(self) -> dict:

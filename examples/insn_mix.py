@@ -3,9 +3,9 @@
 
 Usage: python3 examples/insn_mix.py TRACE [--top N]
 
-Per chunk (in worker processes): count executions per block id, disassemble
+Per span of positions (in worker processes): count executions per block id, disassemble
 each block once from its recorded bytes, and weight its mnemonics by the
-executions.  In trace order: add the chunk histograms up.
+executions.  In trace order: add the span histograms up.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ class InstructionMix(Analysis):
     def __init__(self):
         self.mix: Counter[str] = Counter()
 
-    def per_chunk(self, chunk) -> Counter:
-        ids, runs = np.unique(chunk.exec["block_id"], return_counts=True)
-        texts = chunk.block_insns(ids)
+    def per_span(self, span) -> Counter:
+        ids, runs = np.unique(span.exec["block_id"], return_counts=True)
+        texts = span.block_insns(ids)
         mix: Counter[str] = Counter()
         for block_id, n in zip(ids.tolist(), runs.tolist()):
             for text in texts[block_id]:

@@ -29,16 +29,16 @@ def load_example(name: str):
 
 
 class Positions(Analysis):
-    """Collects (first_idx, events) per chunk, to check order and coverage."""
+    """Collects (first_idx, events) per span, to check order and coverage."""
 
     tables = {"exec": ["idx", "icount"], "mem": ["idx"]}
 
     def __init__(self):
         self.seen = []
 
-    def per_chunk(self, chunk):
-        return chunk.first_idx, chunk.end_idx, int(chunk.exec["icount"].sum()), len(chunk.mem["idx"]), \
-            bool(np.all(np.diff(chunk.exec["idx"].astype(np.int64)) >= 0))
+    def per_span(self, span):
+        return span.first_idx, span.end_idx, int(span.exec["icount"].sum()), len(span.mem["idx"]), \
+            bool(np.all(np.diff(span.exec["idx"].astype(np.int64)) >= 0))
 
     def ordered(self, result):
         self.seen.append(result)
@@ -47,14 +47,14 @@ class Positions(Analysis):
         return self.seen
 
 
-def test_chunks_arrive_in_order_and_cover_every_event(recorded):
+def test_spans_arrive_in_order_and_cover_every_event(recorded):
     trace, _, counted = recorded("threads", "3", "2000")
     with Trace.open(trace) as t:
         seen = t.analyze(Positions(), workers=2)
         mem_rows = t.sql("SELECT count(*) FROM mem").rows[0][0]
     assert [s[0] for s in seen] == sorted(s[0] for s in seen)
     assert all(a[1] == b[0] for a, b in zip(seen, seen[1:]))
-    assert sum(s[2] for s in seen) == counted  # each block counted once, in the chunk it starts in
+    assert sum(s[2] for s in seen) == counted  # each block counted once, in the span it starts in
     assert sum(s[3] for s in seen) == mem_rows
     assert all(s[4] for s in seen)
 

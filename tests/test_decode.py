@@ -4,7 +4,10 @@ never another exception, a hang, or an allocation beyond the format's limits."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,18 +46,6 @@ def rewrap(side: bytes, heavy: bytes, n_packets: int) -> bytes:
         heavy_frame
 
 
-def rewrap_v1(raw: bytes, n_packets: int) -> bytes:
-    """A version-1 chunk (72-byte header, one frame) around whole packets."""
-    payload = zstandard.ZstdCompressor(level=1).compress(raw)
-    header = np.zeros(1, F.CHUNK_HEADER_DTYPE_V2)
-    header["magic"], header["version"] = F.CHUNK_MAGIC, 1
-    header["header_size"] = F.CHUNK_HEADER_DTYPE_V2.itemsize
-    header["n_packets"], header["payload_size"], header["raw_size"] = n_packets, len(payload), len(raw)
-    header["payload_crc32"] = zlib.crc32(payload)
-    header["header_crc32"] = zlib.crc32(header.tobytes())
-    return header.tobytes() + payload
-
-
 def check_well_formed(packets):
     for p in packets:
         assert len(p.mem_addr) == len(p.mem_value) == len(p.mem_info) <= F.CAP_MEM
@@ -76,31 +67,34 @@ def test_real_chunk_decodes(real_chunk):
     check_well_formed(packets)
 
 
-def as_version_1(chunk: bytes) -> tuple[bytes, int]:
-    """The chunk's packets as version 1 has them: a 9-count header, then the
-    first nine sections in order, whole packet after whole packet."""
-    c = read_chunk(chunk, "real")
-    out = bytearray()
-    v1 = F.PACKET_HEADER_DTYPES[1]
-    views = c.views()
-    for view in views:
-        assert not view.counts[F.SEC_REG_INFO], "a version-1 packet cannot hold registers"
-        old = np.zeros(1, v1)
-        for name in v1.names:
-            old[name] = view.header[name][: F.NSECTIONS_V1] if name == "count" else view.header[name]
-        old["version"], old["header_size"], old["stream"], old["seg_insns"] = 1, v1.itemsize, 0, 0
-        out += old.tobytes() + b"".join(view.section(s).tobytes() for s in range(F.NSECTIONS_V1))
-    return bytes(out), len(views)
+FIXTURES = Path(__file__).parent / "fixtures"
+KNOWN = json.loads((FIXTURES / "known_stores.json").read_text())
 
 
-@pytest.mark.parametrize("real_chunk", ["7.2"], indirect=True)  # version 1 cannot carry registers
-def test_version_1_packets_still_decode(real_chunk):
-    packets = decode_chunk_bytes(real_chunk, "000000.zst")
-    old = decode_chunk_bytes(rewrap_v1(*as_version_1(real_chunk)), "000000.zst")
-    assert len(old) == len(packets)
-    for a, b in zip(old, packets):
-        assert np.array_equal(a.exec, b.exec) and np.array_equal(a.mem_value, b.mem_value)
-        assert np.array_equal(a.events, b.events) and a.reg_info.size == 0
+@pytest.mark.parametrize("version", [1, 2])
+def test_chunks_written_by_older_releases_still_decode(version, tmp_path):
+    """Bytes the releases that wrote formats 1 and 2 produced (tests/fixtures/README.md),
+    against what the guest's source and ELF file say it did."""
+    trace = FIXTURES / f"format_v{version}"
+    meta = json.loads((trace / "meta.json").read_text())
+    packets = decode_chunk_bytes((trace / "chunks" / "000000.zst").read_bytes(), "000000.zst")
+    assert {p.version for p in packets} == {version} and meta["format_version"] == version
+    check_well_formed(packets)
+    writes = {(int(a), int(1 << (i & F.MEMINFO_SHIFT_MASK)), int(v)) for p in packets
+              for a, i, v in zip(p.mem_addr, p.mem_info, p.mem_value) if i & F.MEMINFO_STORE}
+    for name, (size, value) in KNOWN["stores"].items():
+        assert (KNOWN["symbols"][name], size, value) in writes, name
+    assert sum(len(p.mem_addr) for p in packets) == meta["counts"]["mem_events"]
+    assert sum(len(p.exec) for p in packets) == meta["counts"]["blocks_executed"]
+    calls = [e for p in packets for e in p.events if e["kind"] == F.EV_SYSCALL]
+    assert int(calls[-1]["v"][1]) == KNOWN["exit_status"]  # exit_group(42)
+    # indexing it is refused in one line, and info still reads it
+    copy = tmp_path / "old.cannoli"
+    shutil.copytree(trace, copy)
+    proc = run_cannoli("index", copy)
+    assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"record format {version}" in proc.stderr and "record the program again" in proc.stderr
+    assert run_cannoli("info", copy).returncode == 0
 
 
 @pytest.mark.parametrize("real_chunk", ["10"], indirect=True)

@@ -275,5 +275,6 @@ def load(con, meta: dict, events) -> None:
         con.executemany("INSERT INTO mmaps VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", b.mmaps)
     if b.modules:
         con.executemany("INSERT INTO modules VALUES (?, ?, ?, ?, ?, ?, ?)", b.modules)
-    symbols_table = _symbols(b)
-    con.execute("INSERT INTO symbols SELECT * FROM symbols_table")
+    con.register("symbols_rows", _symbols(b))
+    con.execute("INSERT INTO symbols SELECT * FROM symbols_rows")
+    con.unregister("symbols_rows")

@@ -138,6 +138,9 @@ def catalog() -> dict[str, NamedQuery]:
         for entry in sorted(area_dir.iterdir(), key=lambda p: p.name):
             if entry.name.endswith(".sql"):
                 query = parse(entry.read_text(), area_dir.name, f"queries/{area_dir.name}/{entry.name}")
+                if query.name != entry.name.removesuffix(".sql"):
+                    raise ValueError(f"queries/{area_dir.name}/{entry.name} is named {query.name}: name the file "
+                                     f"after the query")
                 if query.name in found:
                     raise ValueError(f"two queries are named {query.name}")
                 found[query.name] = query

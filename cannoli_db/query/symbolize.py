@@ -15,8 +15,6 @@ import os
 import re
 
 import numpy as np
-from elftools.common.exceptions import DWARFError, ELFError
-from elftools.elf.elffile import ELFFile
 
 from ..errors import CannoliError
 from ..symbols import SourceLines, find_debug_file, host_path

@@ -316,7 +316,7 @@ class Trace:
         return replay.steps(self, start, self.end if end is None else end, tid)
 
     def analyze(self, analysis, workers: int = 0):
-        """Run a cannoli_db.Analysis over the whole trace: per_chunk in worker processes,
+        """Run a cannoli_db.Analysis over the whole trace: per_span in worker processes,
         ordered here in trace order; returns analysis.finish()."""
         from ..analyze import run
 

@@ -68,7 +68,7 @@ class Executions:
 
     def _start_state(self, rows) -> None:
         """Each thread's registers at its first block entry of the first window: the
-        block-entry query (queries/regs/at.sql: a keyframe and the changes after it),
+        block-entry query (queries/regs/registers_at.sql: a keyframe and the changes after it),
         which reads one ordering segment back, however long the trace."""
         if self.state is not None:
             return
