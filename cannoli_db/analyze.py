@@ -19,6 +19,7 @@ A span is a range of positions [first_idx, end_idx): its exec rows (blocks
 that start inside it), mem rows and syscalls, as numpy arrays sorted by idx,
 read from the store by each worker over its own read-only connection.  (The
 `per_chunk` of earlier releases still works, with a DeprecationWarning.)
+
 Workers are spawned processes: the analysis object is pickled to them, so its
 class must be importable (define it at module level; in a script, run the
 analysis under `if __name__ == "__main__":`).

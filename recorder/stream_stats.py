@@ -17,6 +17,7 @@ import numpy as np
 from cannoli_db import format as F
 from cannoli_db.decode import PacketView
 from cannoli_db.positions import BlockTable, PositionPlan
+from cannoli_db.syscall_pairs import SyscallPairs
 
 
 @dataclass
@@ -39,6 +40,7 @@ class StreamStats:
     blocks: BlockTable = field(default_factory=BlockTable)
     _plan: PositionPlan | None = None
     _open: dict = field(default_factory=dict)
+    _pairs: SyscallPairs = field(default_factory=SyscallPairs)  # key: the call's number
     _images: dict = field(default_factory=dict)  # pid -> the latest stream that began a program image
 
     def __post_init__(self):
@@ -70,10 +72,10 @@ class StreamStats:
             return  # an older packet of the thread, drained late
         for ev in events[np.isin(events["kind"], (F.EV_SYSCALL, F.EV_SYSRET, F.EV_BLOB))]:
             state.seq = seq
-            if ev["kind"] == F.EV_SYSCALL:
-                state.number, state.path = int(np.int64(ev["v"][0])), None
-            elif ev["kind"] == F.EV_SYSRET:
-                state.number = None
+            if ev["kind"] != F.EV_BLOB:
+                self._pairs.feed(stream, ev[None], [int(np.int64(ev["v"][0]))])
+                state.number = self._pairs.open.get(stream)
+                state.path = None if ev["kind"] == F.EV_SYSCALL else state.path
             elif state.number is not None and state.path is None:
                 off, length = int(ev["v"][1]), int(ev["v"][2])
                 if off + length <= len(blob):

@@ -26,9 +26,9 @@ import pytest
 from elftools.elf.elffile import ELFFile
 
 from cannoli_db import arch as guest_arch
-from cannoli_db import format as F
 from cannoli_db.decode import iter_packets
 from cannoli_db.query.database import connect
+from cannoli_db.syscall_pairs import SyscallPairs
 
 TESTS = Path(__file__).parent
 GUESTS = TESTS / "guests"
@@ -313,13 +313,9 @@ def decoded_events(trace: Path) -> dict[tuple[int, int], np.ndarray]:
 
 def recorded_syscalls(events: np.ndarray) -> list[tuple[int, int | None]]:
     """[(number, return value or None)] from one thread's events."""
-    calls = []
-    for ev in events:
-        if ev["kind"] == F.EV_SYSCALL:
-            calls.append([int(ev["v"][0]), None])
-        elif ev["kind"] == F.EV_SYSRET and calls and calls[-1][1] is None:
-            calls[-1][1] = int(np.int64(ev["v"][1]))
-    return [tuple(c) for c in calls]
+    pairs = SyscallPairs()
+    pairs.feed(0, events, range(len(events)))
+    return [(int(events[k]["v"][0]), ret) for k, ret in pairs.returns.items()]
 
 
 def memory_accesses(trace: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import format as F
 from ..decode import ChunkError
+from ..syscall_pairs import SyscallPairs
 
 # Where an event's blob lies: (offset, length) value indices, by event kind
 _BLOB_FIELDS = {F.EV_BLOB: (1, 2), F.EV_REG_NAME: (1, 2), F.EV_PROCESS: (5, 6)}
@@ -73,13 +74,9 @@ def pair_syscalls(ev: np.ndarray) -> dict[tuple[int, int, int], int | None]:
     """The return value of each syscall entry, keyed (stream, packet_seq, event
     index): the thread's next SYSRET event after it; None if it never returned.
     `ev` is EventLog.table() (stream order)."""
-    returns: dict[tuple[int, int, int], int | None] = {}
-    pending: dict[int, tuple[int, int, int]] = {}
-    for e in ev[np.isin(ev["kind"], (F.EV_SYSCALL, F.EV_SYSRET))]:
-        stream = int(e["stream"])
-        if e["kind"] == F.EV_SYSCALL:
-            pending[stream] = (stream, int(e["packet_seq"]), int(e["i"]))
-            returns[pending[stream]] = None
-        elif stream in pending:
-            returns[pending.pop(stream)] = int(np.int64(e["v"][1]))
-    return returns
+    pairs = SyscallPairs()
+    calls = ev[np.isin(ev["kind"], (F.EV_SYSCALL, F.EV_SYSRET))]
+    for stream in np.unique(calls["stream"]):
+        mine = calls[calls["stream"] == stream]
+        pairs.feed(int(stream), mine, zip(mine["stream"].tolist(), mine["packet_seq"].tolist(), mine["i"].tolist()))
+    return pairs.returns
