@@ -39,6 +39,7 @@ class RecordOptions:
     record_mem: bool = True
     record_regs: bool | None = None  # None: wherever the QEMU can give registers
     regs_check: bool = False  # read every register at every block; count what the masks missed
+    inline_records: bool = True  # where the QEMU can (qemu_patches/0004): records from its generated code
     qemu: str | None = None
     sysroot: str | None = None
     force: bool = False
@@ -104,6 +105,8 @@ def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptio
         plugin_arg += f",regs={regs}"
         if qemu.computes_x86_flags and regs != "off":
             plugin_arg += ",x86_flags=on"
+    if qemu.records_inline:
+        plugin_arg += f",inline={'on' if opts.inline_records else 'off'}"
     log = (trace_dir / layout_log.LOG_NAME).resolve()
     logging = layout_log.qemu_args(log, opts.qemu_options)
     if logging:
@@ -308,6 +311,7 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
         regs_recorded=header["regs_recorded"],
         regs_unavailable=tracedir.regs_unavailable(header["regs_state"], meta),
         regs_missed=header["regs_missed"] if meta.get("regs_check") else None,
+        inline_records=bool(header["inline_records"]),
         counts={
             "instructions": instructions,
             "blocks_executed": stats.blocks_executed,

@@ -312,6 +312,7 @@ void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uin
 {
     (void)id, (void)vcpu_index, (void)a7, (void)a8;
     struct cn_thread *t = cn_thread_self();
+    cn_inline_lock(t); /* the syscall's block and what led to it reach the lane first */
     /* a syscall instruction always ends its block: the block ran to its end */
     if (t->cur) {
         t->lane->cur_done = 1;
@@ -341,12 +342,14 @@ void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uin
         t->call_nr = num;
         memcpy(t->call_args, args, sizeof(args));
     }
+    cn_inline_unlock(t);
 }
 
 void vcpu_syscall_ret(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, int64_t ret)
 {
     (void)id, (void)vcpu_index;
     struct cn_thread *t = cn_thread_self();
+    cn_inline_lock(t);
     struct cn_event *ev = cn_event_new(t, CN_EV_SYSRET, t->exec_ord - 1);
     ev->v[0] = (uint64_t)num;
     ev->v[1] = (uint64_t)ret;
@@ -357,4 +360,5 @@ void vcpu_syscall_ret(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num,
             record_buffers(t, num, t->call_args, true, ret);
         }
     }
+    cn_inline_unlock(t);
 }
