@@ -10,6 +10,7 @@ status is returned unchanged (128 + signal when it died of a signal).
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -171,6 +172,7 @@ def record(opts: RecordOptions) -> RecordResult:
     writer = ChunkWriter(trace_dir / tracedir.CHUNKS_NAME, ring.max_side, ring.max_heavy, level=opts.zstd_level)
     stats = StreamStats(arch=guest.arch)
     started = time.monotonic()
+    cpu_before = _cpu_seconds()
     try:
         with _Interrupts() as interrupts:
             try:
@@ -182,6 +184,7 @@ def record(opts: RecordOptions) -> RecordResult:
             returncode = proc.wait()
             meta["initial_layout"] = _take_layout(trace_dir)
             wall = time.monotonic() - started
+            meta["cpu_seconds"] = _cpu_spent(cpu_before)
             header = ring_header(ring)
             instructions, drawn = stats.instructions()
             if not header["plugin_ready"]:
@@ -202,6 +205,19 @@ def record(opts: RecordOptions) -> RecordResult:
     if drawn != header["next_idx"]:
         meta["positions_lost"] = header["next_idx"] - drawn
     return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0)
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(this process, its reaped children) user + system CPU seconds so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _cpu_spent(before: tuple[float, float]) -> dict:
+    """CPU seconds of the recording: the recorder (drain loop and compression
+    threads) and QEMU (the only child reaped meanwhile), apart: which one is the wall."""
+    now = _cpu_seconds()
+    return {"recorder": round(now[0] - before[0], 3), "qemu": round(now[1] - before[1], 3)}
 
 
 def _with_settings(opts: RecordOptions, arch: str) -> RecordOptions:

@@ -149,9 +149,6 @@ CN_HIDDEN void cn_resolve_at_exit(struct cn_thread *t);
 CN_HIDDEN void cn_exec_block(struct cn_thread *t, const struct cn_tb *d, const uint64_t *values);
 /* The block's last instruction, index `last`, started. */
 CN_HIDDEN void cn_exec_last_insn(struct cn_thread *t, uint32_t last);
-/* The registry of translated blocks by id, for exec records that carry an id. */
-CN_HIDDEN void cn_block_register(struct cn_tb *d);
-CN_HIDDEN const struct cn_tb *cn_block_by_id(uint32_t id);
 
 /* plugin_mem.c */
 CN_HIDDEN void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,

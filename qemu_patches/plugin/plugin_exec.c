@@ -262,31 +262,6 @@ static void vcpu_insn_last(unsigned int vcpu_index, void *udata)
     cn_exec_last_insn(cn_thread_self(), (uint32_t)(uintptr_t)udata);
 }
 
-/* Blocks by id, for plugin_inline.c: pages of 2^16, made at translation and
- * never moved or freed, so that reading one needs no lock. */
-#define CN_ID_PAGE_BITS 16u
-static const struct cn_tb **blocks_by_id[1u << (32u - CN_ID_PAGE_BITS)];
-static pthread_mutex_t blocks_lock = PTHREAD_MUTEX_INITIALIZER;
-
-void cn_block_register(struct cn_tb *d)
-{
-    uint32_t page = d->block_id >> CN_ID_PAGE_BITS;
-    pthread_mutex_lock(&blocks_lock);
-    const struct cn_tb **p = blocks_by_id[page];
-    if (!p) {
-        p = xcalloc((size_t)1 << CN_ID_PAGE_BITS, sizeof(*p));
-        __atomic_store_n(&blocks_by_id[page], p, __ATOMIC_RELEASE);
-    }
-    __atomic_store_n(&p[d->block_id & ((1u << CN_ID_PAGE_BITS) - 1u)], d, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&blocks_lock);
-}
-
-const struct cn_tb *cn_block_by_id(uint32_t id)
-{
-    const struct cn_tb **p = __atomic_load_n(&blocks_by_id[id >> CN_ID_PAGE_BITS], __ATOMIC_ACQUIRE);
-    return p ? __atomic_load_n(&p[id & ((1u << CN_ID_PAGE_BITS) - 1u)], __ATOMIC_ACQUIRE) : NULL;
-}
-
 void cn_resolve_at_exit(struct cn_thread *t)
 {
     if (!cn_cfg.inline_records) {
@@ -380,7 +355,6 @@ void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
     emit_block_def(t, d, d->block_id, d->n_insns, 0);
     if (cn_cfg.inline_records) {
         /* QEMU writes the records; the block's end is a record too (plugin_inline.c) */
-        cn_block_register(d);
         cn_inline_instrument(tb, d);
         return;
     }

@@ -6,7 +6,8 @@
  * vCPU has a record buffer (struct qemu_plugin_record_buffer, a scoreboard
  * entry), and the code QEMU generates for a block appends, with a few stores
  * and no call:
- *   exec  the block id << 8 | CN_REC_EXEC at the block's start, followed by
+ *   exec  the block's struct cn_tb pointer | CN_REC_EXEC at the block's
+ *         start (calloc'ed: its low 4 bits are free), followed by
  *         the recorded registers' values (one u64 each, in number order)
  *         where registers are recorded;
  *   end   the instruction index << 8 | CN_REC_END at the start of the
@@ -45,9 +46,10 @@
 
 #if CN_QEMU_PLUGIN_API >= 4
 
-/* Record kinds in the low byte of a block or instruction record. */
+/* Record kinds in the low 2 bits of a block or instruction record. */
 #define CN_REC_EXEC 1u
 #define CN_REC_END 2u
+#define CN_REC_KIND 3u
 /* A memory record's meminfo has a load/store field (bits 16-17) that is never
  * 0; the plugin's own records keep those bits (48-49 of the u64) at 0. */
 #define CN_REC_IS_MEM(head) ((((head) >> 48) & 3u) != 0)
@@ -160,15 +162,12 @@ static void take_records(struct cn_thread *t)
         memcpy(&head, p, 8);
         if (CN_REC_IS_MEM(head)) {
             p = take_access(t, p, head);
-        } else if ((head & 0xffu) == CN_REC_EXEC) {
-            const struct cn_tb *d = cn_block_by_id((uint32_t)(head >> 8));
+        } else if ((head & CN_REC_KIND) == CN_REC_EXEC) {
+            const struct cn_tb *d = (const struct cn_tb *)(uintptr_t)(head & ~(uint64_t)CN_REC_KIND);
             const uint64_t *values = regset ? (const uint64_t *)(p + 8) : NULL;
-            if (!d) {
-                fatal("an exec record names a block that was never translated");
-            }
             p += 8 + (regset ? 8u * n_regs : 0u);
             cn_exec_block(t, d, values);
-        } else if ((head & 0xffu) == CN_REC_END) {
+        } else if ((head & CN_REC_KIND) == CN_REC_END) {
             cn_exec_last_insn(t, (uint32_t)(head >> 8));
             p += 8;
         } else {
@@ -326,11 +325,12 @@ void cn_inline_after_fork_child(struct cn_thread *t)
 
 void cn_inline_instrument(struct qemu_plugin_tb *tb, struct cn_tb *d)
 {
-    if ((uint64_t)d->block_id >> 40) {
-        fatal("block ids ran past 2^40");
+    uint64_t self = (uint64_t)(uintptr_t)d;
+    if ((self >> 48) || (self & CN_REC_KIND)) {
+        fatal("a block description at an address an exec record cannot hold");
     }
     qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(tb, QEMU_PLUGIN_INLINE_RECORD, buffer_entry,
-                                                      (uint64_t)d->block_id << 8 | CN_REC_EXEC);
+                                                      self | CN_REC_EXEC);
     if (regset) {
         qemu_plugin_register_vcpu_tb_record_regs_per_vcpu(tb, buffer_entry, regset);
     }
