@@ -148,7 +148,11 @@ CN_HIDDEN void cn_resolve_at_exit(struct cn_thread *t);
  * through QEMU (only where registers are recorded). */
 CN_HIDDEN void cn_exec_block(struct cn_thread *t, const struct cn_tb *d, const uint64_t *values);
 /* The block's last instruction, index `last`, started. */
-CN_HIDDEN void cn_exec_last_insn(struct cn_thread *t, uint32_t last);
+static inline void cn_exec_last_insn(struct cn_thread *t, uint32_t last)
+{
+    t->lane->cur_progress = last + 1u;
+    t->lane->cur_done = 1;
+}
 
 /* plugin_mem.c */
 CN_HIDDEN void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,

@@ -250,12 +250,6 @@ void cn_exec_block(struct cn_thread *t, const struct cn_tb *d, const uint64_t *v
     }
 }
 
-void cn_exec_last_insn(struct cn_thread *t, uint32_t last)
-{
-    t->lane->cur_progress = last + 1u;
-    t->lane->cur_done = 1;
-}
-
 static void vcpu_insn_last(unsigned int vcpu_index, void *udata)
 {
     (void)vcpu_index;
