@@ -237,9 +237,11 @@ void cn_inline_regs_select(const char *const *names, unsigned int n)
         return;
     }
     /* this QEMU cannot copy one of these registers (arm, riscv, mips): record
-     * through callbacks, which read them through QEMU */
+     * through callbacks, which read them through QEMU (decided before the
+     * first block is translated: the first vCPU's init runs before its code) */
     cn_cfg.inline_records = false;
     cn_cfg.ring->inline_records = 0;
+    cn_compat_init();
 }
 
 /* In the vCPU's own thread, before it runs code: its buffer, and its stream. */
