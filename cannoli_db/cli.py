@@ -99,6 +99,10 @@ class _Size(click.ParamType):
 @click.option("--regs-check", is_flag=True,
               help="Diagnostic: read every register at every block (slow) and count, in meta.json's regs_missed, "
                    "the changes that reading only the registers a block writes would have missed.")
+@click.option("--inline/--callbacks", "inline_records", default=True, show_default=True,
+              help="On a QEMU built with qemu_patches/0004 (`cannoli setup-qemu`): its generated code writes the "
+                   "records (fast); --callbacks records through a plugin callback per block and access, as on "
+                   "any other QEMU.")
 @click.option("-L", "--sysroot", metavar="DIR", help="Sysroot for a dynamically linked foreign-architecture program.")
 @click.option("--force", is_flag=True, help="Replace an existing trace directory.")
 @click.option("--qemu-option", "qemu_options", multiple=True, metavar="ARG",
@@ -116,8 +120,8 @@ class _Size(click.ParamType):
               help="A live line on stderr while recording (default: when stderr is a terminal).")
 @click.argument("program")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroot, force, qemu_options,
-           no_follow_exec, ring_lanes, max_size, progress, program, args):
+def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, inline_records, sysroot, force,
+           qemu_options, no_follow_exec, ring_lanes, max_size, progress, program, args):
     """Run PROGRAM under QEMU and record everything it does.
 
     Options go before PROGRAM; everything after PROGRAM is passed to it unchanged.
@@ -135,8 +139,9 @@ def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, sysroo
         paths.input_dir(sysroot, f"-L {sysroot}", hint="give the sysroot of the program's libraries")
     opts = RecordOptions(program=program, args=list(args), out_dir=out_dir, record_mem=not no_mem,
                          record_regs=record_regs, regs_check=regs_check, qemu=qemu_path, sysroot=sysroot,
-                         force=force, n_lanes=ring_lanes, qemu_options=list(qemu_options), max_size=max_size,
-                         progress=progress, follow_exec=not no_follow_exec)
+                         force=force, n_lanes=ring_lanes, inline_records=inline_records,
+                         qemu_options=list(qemu_options), max_size=max_size, progress=progress,
+                         follow_exec=not no_follow_exec)
     result = do_record(opts)
     click.echo(summary(result), err=True)
     if not no_index:

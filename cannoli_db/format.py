@@ -271,7 +271,9 @@ RING_HEADER_DTYPE = np.dtype(
         ("regs_state", "<u4"),
         ("regs_missed", "<u8"),
         ("next_stream", "<u8"),
-        ("reserved", "<u8", (3,)),
+        ("inline_records", "<u4"),
+        ("reserved32", "<u4"),
+        ("reserved", "<u8", (2,)),
     ]
 )
 

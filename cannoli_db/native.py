@@ -30,6 +30,9 @@ NEWEST_PLUGIN_API_BUILT = 4
 X86_FLAGS_MARKER = "Cannoli DB: x86 eflags computed for plugins"
 # What qemu_patches/0003 adds: this QEMU has -follow-exec (exec'd programs run under it).
 FOLLOW_EXEC_MARKER = "Cannoli DB: -follow-exec runs exec'd programs under this QEMU"
+# What qemu_patches/0004 adds: its generated code writes the plugin's records
+# (plugin_inline.c), no callback per block or access.
+INLINE_RECORD_MARKER = "Cannoli DB: plugins record from generated code"
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,7 @@ class Qemu:
     version_text: str
     computes_x86_flags: bool = False
     follows_exec: bool = False
+    records_inline: bool = False
 
     @property
     def plugin_api(self) -> int:
@@ -94,7 +98,7 @@ def find_qemu(arch: str, explicit: str | None = None) -> Qemu:
         raise CannoliError(f"{path} does not look like QEMU (no version in `{path} --version`)")
     version = (int(match[1]), int(match[2]), int(match[3] or 0))
     qemu = Qemu(path, version, out.stdout.splitlines()[0].strip(), X86_FLAGS_MARKER in out.stdout,
-                FOLLOW_EXEC_MARKER in out.stdout)
+                FOLLOW_EXEC_MARKER in out.stdout, INLINE_RECORD_MARKER in out.stdout)
     if qemu.plugin_api not in SUPPORTED_PLUGIN_APIS:
         raise CannoliError(
             f"{path} is QEMU {'.'.join(map(str, version))}, older than 7.2 (no TCG plugin API this "

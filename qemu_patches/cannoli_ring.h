@@ -66,7 +66,10 @@ struct cn_ring_header {
     uint64_t regs_missed;       /* atomic, regs=check: register changes at block entry
                                    that the written-register masks did not predict   */
     uint64_t next_stream;       /* atomic: the next thread stream id (from 1)        */
-    uint64_t reserved[3];
+    uint32_t inline_records;    /* 1: QEMU's generated code writes the records
+                                   (qemu_patches/0004); 0: plugin callbacks      */
+    uint32_t reserved32;
+    uint64_t reserved[2];
 };
 
 struct cn_lane_header {

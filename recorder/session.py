@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -45,6 +46,7 @@ class RecordOptions:
     record_mem: bool = True
     record_regs: bool | None = None  # None: wherever the QEMU can give registers
     regs_check: bool = False  # read every register at every block; count what the masks missed
+    inline_records: bool = True  # where the QEMU can (qemu_patches/0004): records from its generated code
     qemu: str | None = None
     sysroot: str | None = None
     force: bool = False
@@ -117,6 +119,8 @@ def _qemu_command(qemu: native.Qemu, plugin: Path, ring: Ring, opts: RecordOptio
         plugin_arg += f",regs={regs}"
         if qemu.computes_x86_flags and regs != "off":
             plugin_arg += ",x86_flags=on"
+    if qemu.records_inline:
+        plugin_arg += f",inline={'on' if opts.inline_records else 'off'}"
     log = (trace_dir / layout_log.LOG_NAME).resolve()
     logging = layout_log.qemu_args(log, opts.qemu_options)
     if logging:
@@ -204,6 +208,7 @@ def record(opts: RecordOptions) -> RecordResult:
     writer = ChunkWriter(trace_dir / tracedir.CHUNKS_NAME, ring.max_side, ring.max_heavy, level=opts.zstd_level)
     stats = StreamStats(arch=guest.arch)
     started = time.monotonic()
+    cpu_before = _cpu_seconds()
     try:
         with _Interrupts() as interrupts:
             try:
@@ -217,6 +222,7 @@ def record(opts: RecordOptions) -> RecordResult:
             returncode = proc.wait()
             meta["initial_layout"] = _take_layout(trace_dir)
             wall = time.monotonic() - started
+            meta["cpu_seconds"] = _cpu_spent(cpu_before)
             header = ring_header(ring)
             instructions, drawn = stats.instructions()
             if not header["plugin_ready"]:
@@ -238,6 +244,19 @@ def record(opts: RecordOptions) -> RecordResult:
         meta["positions_lost"] = header["next_idx"] - drawn
     return _finish(trace_dir, meta, returncode, wall, stats, instructions, writer, header, interrupts.count > 0,
                    limits.stopped, lambda left: _exec_note(qemu, opts, left))
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """(this process, its reaped children) user + system CPU seconds so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _cpu_spent(before: tuple[float, float]) -> dict:
+    """CPU seconds of the recording: the recorder (drain loop and compression
+    threads) and QEMU (the only child reaped meanwhile), apart: which one is the wall."""
+    now = _cpu_seconds()
+    return {"recorder": round(now[0] - before[0], 3), "qemu": round(now[1] - before[1], 3)}
 
 
 def _with_settings(opts: RecordOptions, arch: str) -> RecordOptions:
@@ -404,6 +423,7 @@ def _finish(trace_dir: Path, meta: dict, returncode: int, wall: float, stats: St
         regs_recorded=header["regs_recorded"],
         regs_unavailable=tracedir.regs_unavailable(header["regs_state"], meta),
         regs_missed=header["regs_missed"] if meta.get("regs_check") else None,
+        inline_records=bool(header["inline_records"]),
         counts={
             "instructions": instructions,
             "blocks_executed": stats.blocks_executed,

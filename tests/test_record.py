@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from elftools.elf.elffile import ELFFile
 
+from cannoli_db import Trace
 from cannoli_db import format as F
 
 from .conftest import (
@@ -23,6 +24,7 @@ from .conftest import (
     decoded_events,
     host_strace,
     memory_accesses,
+    qemu_under_test,
     query,
     read_meta,
     recorded_syscalls,
@@ -164,6 +166,59 @@ def test_full_ring_makes_producers_wait_not_drop(guest, record_counted):
     meta = read_meta(trace)
     assert meta["counts"]["producer_waits"] > 0, "the ring never filled: the test proves nothing"
     assert meta["counts"]["instructions"] == expected
+
+
+def _normalised_records(trace, program):
+    """exec, mem and regs rows of an indexed trace after main's first block up
+    to its write (glibc's startup computes with the thread id and with
+    pointers mangled by a per-process key, which differ from run to run, and
+    main's first and last blocks push and pop what startup left), with stack
+    addresses as offsets from the stack's start: QEMU places the stack after
+    its own allocations, which the plugin's differ in."""
+    main = symbol_address(program, "main")[0]
+    with Trace.open(trace) as t:
+        start = t.meta["initial_layout"]["start_stack"]
+        (lo,) = t.sql("SELECT min(idx) FROM exec WHERE pc = $pc", {"pc": main}).rows[0]
+        (hi,) = t.sql("SELECT min(idx) FROM syscalls WHERE name = 'write' AND idx > $lo", {"lo": lo}).rows[0]
+        window = {"lo": lo + 1, "hi": hi}
+        execs = t.sql("SELECT idx, pc FROM exec WHERE idx BETWEEN $lo AND $hi ORDER BY idx", window).rows
+        mem = t.sql("SELECT idx, pc, addr, value, size, is_write FROM mem WHERE idx BETWEEN $lo AND $hi "
+                    "ORDER BY idx, addr, is_write", window).rows
+        regs = t.sql("SELECT idx, reg, value FROM regs WHERE idx BETWEEN $lo AND $hi ORDER BY idx, reg",
+                     window).rows
+
+    def norm(v):
+        return ("stack", v - start) if abs(v - start) < 1 << 24 else v
+
+    return (execs, [(i, pc, norm(a), norm(v), n, w) for i, pc, a, v, n, w in mem],
+            [(i, r, norm(v)) for i, r, v in regs])
+
+
+@pytest.mark.parametrize("name", ["known_stores", "helper_accesses"])
+def test_inline_records_equal_the_callbacks(guest, tmp_path, name):
+    # the same deterministic run (no address randomisation, QEMU's -seed) recorded
+    # through callbacks -- QEMU's qemu_plugin_mem_get_value and gdbstub register
+    # reads -- and by the generated code of qemu_patches/0004: the same blocks,
+    # accesses (helpers' in C, 16-byte ones, rep movsb loops inside one block)
+    # and registers, record for record
+    qemu = qemu_under_test("10")
+    program = guest(name)
+    traces = {}
+    for path in ("--inline", "--callbacks"):
+        trace = tmp_path / f"{path[2:]}.cannoli"
+        proc = subprocess.run(["setarch", "-R", sys.executable, "-m", "cannoli_db.cli", "record", path, "-o",
+                               str(trace), *qemu.record_options, "--qemu-option=-seed", "--qemu-option=1",
+                               str(program)], env=GUEST_ENV, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode in (0, 42), proc.stderr
+        assert read_meta(trace)["inline_records"] is (path == "--inline")
+        traces[path] = _normalised_records(trace, program)
+    inline, callbacks = traces["--inline"], traces["--callbacks"]
+    assert len(inline[1]) > (10 if name == "known_stores" else 4_000_000)
+    for what, a, b in zip(("exec", "mem", "regs"), inline, callbacks):
+        assert len(a) == len(b), what
+        first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+        assert first is None, f"{what} row {first}: inline {a[first]}, callbacks {b[first]}"
 
 
 def test_refuses_to_overwrite_without_force(guest, record):

@@ -126,7 +126,8 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False, _limit: 
             load_store_index(con, trace_dir, len(files))
             rows = dict(con.execute("SELECT tbl, sum(rows) FROM parts GROUP BY tbl").fetchall())
             holes = plan.drawn - sum(log.closed_insns for log in plan.streams.values())
-            if holes and problem is None:
+            # a recording stopped early loses its last segments by design: its own reason says so
+            if holes and problem is None and meta.get("complete"):
                 problem = (f"{holes:,} positions were drawn by segments that are not in the chunks "
                            f"(the recorder stopped before writing them)")
             complete = bool(meta.get("complete")) and problem is None

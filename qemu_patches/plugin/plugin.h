@@ -6,6 +6,7 @@
  *   plugin_exec.c     block translation and execution, exact instruction counts
  *   plugin_mem.c      memory accesses with their values
  *   plugin_syscall.c  syscalls, their string and buffer arguments, ordering segments
+ *   plugin_inline.c   records written by QEMU's generated code (qemu_patches/0004)
  *   plugin_regs.c     registers at block entry (plugin API >= 2)
  *   plugin_reg_writes.c  which registers a block may write (capstone)
  *   plugin_compat.c   what differs between plugin API versions and keeps state
@@ -70,6 +71,7 @@ struct cn_thread {
     void *reg_buf;                 /* GByteArray QEMU reads registers into         */
     bool regs_resync;              /* read every register at the next block entry */
     bool started;
+    bool inline_ready;             /* its record buffer is set (plugin_inline.c) */
     bool call_pending;             /* the open syscall has buffers to copy at its return */
     int64_t call_nr;               /* ... its number and arguments (plugin_syscall.c) */
     uint64_t call_args[6];
@@ -86,6 +88,8 @@ struct cn_config {
     bool record_regs;              /* wanted: regs=on (default on API >= 2)       */
     bool regs_check;               /* regs=check: read all, count what the masks missed */
     bool x86_flags;                /* x86_flags=on: this QEMU computes eflags for plugins */
+    bool inline_records;           /* QEMU's generated code writes the records of
+                                      blocks, accesses and registers (plugin_inline.c) */
     uint64_t guest_base;
     bool guest_base_known;
     bool process_recorded;
@@ -151,14 +155,64 @@ CN_HIDDEN void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb);
 CN_HIDDEN void cn_resolve_at_exit(struct cn_thread *t);
 
 
+/* A block started (its exec record), with the registers at its entry:
+ * `values` as plugin_inline.c found them in its record, or NULL to read them
+ * through QEMU (only where registers are recorded). */
+CN_HIDDEN void cn_exec_block(struct cn_thread *t, const struct cn_tb *d, const uint64_t *values);
+/* The block's last instruction, index `last`, started. */
+static inline void cn_exec_last_insn(struct cn_thread *t, uint32_t last)
+{
+    t->lane->cur_progress = last + 1u;
+    t->lane->cur_done = 1;
+}
+
 /* plugin_mem.c */
 CN_HIDDEN void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info,
                         uint64_t vaddr, void *udata);
 
+/* One access: word is the info word without its link, which names the lane's
+ * last exec. */
+static inline void cn_put_access(struct cn_thread *t, uint64_t vaddr, uint64_t value, uint32_t word)
+{
+    struct cn_lane_header *lane = t->lane;
+    uint32_t n = lane->count[CN_SEC_MEM_ADDR];
+    if (CN_UNLIKELY(n == CN_CAP_MEM)) {
+        cn_lane_rollover(t, false);
+        lane = t->lane;
+        n = 0;
+    }
+    t->mem_addr[n] = vaddr;
+    t->mem_value[n] = value;
+    t->mem_info[n] = word | (lane->count[CN_SEC_EXEC] << CN_MEMINFO_LINK_SHIFT);
+    /* the three mem sections share one count: MEM_ADDR's */
+    cn_count_set(lane, CN_SEC_MEM_ADDR, n + 1);
+}
+
+/* plugin_inline.c */
+CN_HIDDEN void cn_inline_init(void);
+CN_HIDDEN void cn_inline_vcpu_init(unsigned int vcpu_index);
+/* After the first vCPU chose its registers: record them inline if QEMU can. */
+CN_HIDDEN void cn_inline_regs_select(const char *const *names, unsigned int n);
+CN_HIDDEN void cn_inline_instrument(struct qemu_plugin_tb *tb, struct cn_tb *d);
+/* Take the calling thread's records out of its buffer, into its lane. */
+CN_HIDDEN void cn_inline_flush(struct cn_thread *t);
+/* exit_group: the other threads' buffers too (their lanes stay for salvage). */
+CN_HIDDEN void cn_inline_flush_others(struct cn_thread *self);
+/* The calling thread's records are moved by plugin code: hold its lock (atexit
+ * may flush its buffer from another thread). */
+CN_HIDDEN void cn_inline_lock(struct cn_thread *t);
+CN_HIDDEN void cn_inline_unlock(struct cn_thread *t);
+CN_HIDDEN void cn_inline_after_fork_child(struct cn_thread *t);
+/* The thread ended: nothing may flush it any more. */
+CN_HIDDEN void cn_inline_forget(struct cn_thread *t);
+
 /* plugin_regs.c */
 CN_HIDDEN void cn_regs_select(qemu_plugin_id_t id, unsigned int vcpu_index);
 CN_HIDDEN void cn_regs_emit_names(struct cn_thread *t);
-CN_HIDDEN void cn_regs_record(struct cn_thread *t, uint64_t wanted);
+/* values: every register in number order (a register record), or NULL to
+ * read the wanted ones through QEMU */
+CN_HIDDEN void cn_regs_record(struct cn_thread *t, uint64_t wanted, const uint64_t *values);
+CN_HIDDEN unsigned int cn_regs_count(void);
 CN_HIDDEN void cn_regs_keyframe(struct cn_thread *t);
 /* plugin_reg_writes.c */
 CN_HIDDEN void cn_reg_writes_init(const char *const *names, unsigned int n);

@@ -30,6 +30,10 @@
  * the instructions that ran, so every exec row's block has the exact count.
  *
  * With plugin API >= 2 the counters are per vCPU and exact (plugin_compat.c).
+ * Where QEMU writes the records itself (qemu_patches/0004, plugin_inline.c),
+ * the counter is a record too: the last instruction of a block appends one,
+ * and a block whose record is missing when the next block starts was cut
+ * short (exact: one record stream per thread).
  * With API 1 they are shared by all threads, and the inline add is a plain
  * load-add-store: threads running the same block at once lose updates, and a
  * counter can look unchanged although the last instruction ran.  Only a
@@ -182,9 +186,12 @@ static inline bool prev_block_cut_short(const struct cn_thread *t)
 
 /* Everything but the common case: first event of a thread, a block that was
  * cut short, a segment to close, a full exec section. */
-static __attribute__((noinline)) void tb_exec_slow(const struct cn_tb *d, unsigned int vcpu_index)
+static __attribute__((noinline)) void tb_exec_slow(struct cn_thread *t, const struct cn_tb *d,
+                                                  unsigned int vcpu_index)
 {
-    struct cn_thread *t = cn_thread_self();
+    if (!t->lane) {
+        cn_thread_begin(t);
+    }
     t->vcpu = vcpu_index;
     if (prev_block_cut_short(t)) {
         resolve_interrupted(t, d->pc, false);
@@ -198,17 +205,13 @@ static __attribute__((noinline)) void tb_exec_slow(const struct cn_tb *d, unsign
     record_exec(t, t->lane, t->lane->count[CN_SEC_EXEC], d);
 }
 
-/* Runs before every executed block: keep it to a few loads and stores. */
-static void vcpu_tb_exec(unsigned int vcpu_index, void *udata)
+static inline void exec_block(struct cn_thread *t, const struct cn_tb *d, unsigned int vcpu_index)
 {
-    const struct cn_tb *d = udata;
-    struct cn_thread *t = &cn_self;
     struct cn_lane_header *lane = t->lane;
-    cn_compat_block_start(vcpu_index);
     if (CN_UNLIKELY(!lane || t->vcpu != vcpu_index || prev_block_cut_short(t) ||
                     t->exec_ord - t->segment_start >= CN_SEGMENT_BLOCKS ||
                     lane->count[CN_SEC_EXEC] == CN_CAP_EXEC)) {
-        tb_exec_slow(d, vcpu_index);
+        tb_exec_slow(t, d, vcpu_index);
         return;
     }
     record_exec(t, lane, lane->count[CN_SEC_EXEC], d);
@@ -216,29 +219,51 @@ static void vcpu_tb_exec(unsigned int vcpu_index, void *udata)
 
 /* The same, and the registers that changed since the thread's previous block:
  * those it may have written, or all of them where a signal may have entered. */
-static void vcpu_tb_exec_regs(unsigned int vcpu_index, void *udata)
+static inline void exec_block_regs(struct cn_thread *t, const struct cn_tb *d, unsigned int vcpu_index,
+                                   const uint64_t *values)
 {
-    const struct cn_tb *d = udata;
-    const struct cn_tb *prev = cn_self.cur;
+    const struct cn_tb *prev = t->cur;
     uint64_t wanted = prev ? prev->reg_writes : ~(uint64_t)0;
-    vcpu_tb_exec(vcpu_index, udata);
+    exec_block(t, d, vcpu_index);
     if (CN_UNLIKELY(cn_may_be_signal_entry(d->pc))) {
         wanted = ~(uint64_t)0;
     }
-    cn_regs_record(&cn_self, wanted);
+    cn_regs_record(t, wanted, values);
+}
+
+/* Runs before every executed block: keep it to a few loads and stores. */
+static void vcpu_tb_exec(unsigned int vcpu_index, void *udata)
+{
+    cn_compat_block_start(vcpu_index);
+    exec_block(&cn_self, udata, vcpu_index);
+}
+
+static void vcpu_tb_exec_regs(unsigned int vcpu_index, void *udata)
+{
+    cn_compat_block_start(vcpu_index);
+    exec_block_regs(&cn_self, udata, vcpu_index, NULL);
+}
+
+void cn_exec_block(struct cn_thread *t, const struct cn_tb *d, const uint64_t *values)
+{
+    if (cn_cfg.record_regs) {
+        exec_block_regs(t, d, t->vcpu, values);
+    } else {
+        exec_block(t, d, t->vcpu);
+    }
 }
 
 static void vcpu_insn_last(unsigned int vcpu_index, void *udata)
 {
-    struct cn_thread *t = cn_thread_self();
     (void)vcpu_index;
-    t->lane->cur_progress = (uint32_t)(uintptr_t)udata + 1u;
-    t->lane->cur_done = 1;
+    cn_exec_last_insn(cn_thread_self(), (uint32_t)(uintptr_t)udata);
 }
 
 void cn_resolve_at_exit(struct cn_thread *t)
 {
-    cn_compat_block_start(t->vcpu);
+    if (!cn_cfg.inline_records) {
+        cn_compat_block_start(t->vcpu); /* inline: the end records are in the lane */
+    }
     if (t->lane && prev_block_cut_short(t)) {
         resolve_interrupted(t, 0, true);
     }
@@ -342,6 +367,11 @@ void vcpu_tb_trans(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
         cn_regs_emit_names(t);
     }
     emit_block_def(t, d, d->block_id, d->n_insns, 0);
+    if (cn_cfg.inline_records) {
+        /* QEMU writes the records; the block's end is a record too (plugin_inline.c) */
+        cn_inline_instrument(tb, d);
+        return;
+    }
 
     if (cn_cfg.record_regs) {
         qemu_plugin_register_vcpu_tb_exec_cb(tb, vcpu_tb_exec_regs, QEMU_PLUGIN_CB_R_REGS, d);

@@ -240,8 +240,13 @@ static void after_fork_in_child(void)
 {
     struct cn_thread *t = &cn_self;
     uint32_t parent = t->pid;
+    unsigned int vcpu = t->vcpu;
+    bool inline_ready = t->inline_ready;
     memset(t, 0, sizeof(*t));
     t->parent_pid = parent;
+    t->vcpu = vcpu;
+    t->inline_ready = inline_ready;
+    cn_inline_after_fork_child(t);
 }
 
 void cn_lane_install_fork_handler(void)

@@ -22,6 +22,10 @@
  *     regs=check  record them, reading every register at every block, and
  *              count the changes the written-register masks would have
  *              missed (the ring's regs_missed): a test of plugin_reg_writes.c.
+ *     inline=on  (default) where QEMU has qemu_patches/0004, its generated
+ *              code writes the records of blocks, accesses and registers
+ *              (plugin_inline.c); inline=off records through callbacks
+ *              there too.  regs=check always uses callbacks.
  *     x86_flags=on  record x86 eflags too: only for a QEMU whose eflags
  *              read computes the lazy flags (qemu_patches/0002; default off).
  *     layout_log=PATH  QEMU runs with "-d page -D PATH": it logs the guest's
@@ -102,9 +106,10 @@ static int parse_on_off(const char *value, bool *out)
 
 static const char *ring_path; /* ring=PATH */
 
-static int parse_options(int argc, char **argv, int *fd)
+static int parse_options(int argc, char **argv, int *fd, bool *want_inline)
 {
     *fd = -1;
+    *want_inline = true;
     cn_cfg.record_mem = true;
     cn_cfg.record_regs = CN_QEMU_PLUGIN_API >= 2;
     for (int i = 0; i < argc; i++) {
@@ -140,6 +145,10 @@ static int parse_options(int argc, char **argv, int *fd)
                 return fail("regs=on needs QEMU >= 9.0 (plugin API >= 2); this plugin is for API 1",
                             argv[i]);
             }
+        } else if (keylen == 6 && strncmp(argv[i], "inline", 6) == 0) {
+            if (parse_on_off(value, want_inline) != 0) {
+                return fail("inline must be on or off", argv[i]);
+            }
         } else if (keylen == 9 && strncmp(argv[i], "x86_flags", 9) == 0) {
             if (parse_on_off(value, &cn_cfg.x86_flags) != 0) {
                 return fail("x86_flags must be on or off", argv[i]);
@@ -150,7 +159,7 @@ static int parse_options(int argc, char **argv, int *fd)
             }
             layout_log = value;
         } else {
-            return fail("unknown option (known: ring, fd, mem, regs, x86_flags, layout_log)", argv[i]);
+            return fail("unknown option (known: ring, fd, mem, regs, inline, x86_flags, layout_log)", argv[i]);
         }
     }
     if (*fd < 0 && !ring_path) {
@@ -214,35 +223,54 @@ static int map_ring(int fd)
     return 0;
 }
 
+/* In the vCPU's thread, before it runs guest code. */
+static void vcpu_init(qemu_plugin_id_t id, unsigned int vcpu_index)
+{
+    cn_regs_select(id, vcpu_index);
+    cn_inline_vcpu_init(vcpu_index);
+}
+
 static void vcpu_exit(qemu_plugin_id_t id, unsigned int vcpu_index)
 {
+    struct cn_thread *t = &cn_self;
     (void)id, (void)vcpu_index;
-    if (cn_self.lane) {
-        cn_thread_exit(&cn_self);
+    cn_inline_lock(t);
+    if (t->lane) {
+        cn_thread_exit(t);
     }
+    cn_inline_forget(t);
+    cn_inline_unlock(t);
 }
 
 /* Runs on exit_group in the exiting thread; other threads' lanes stay OWNED
  * and the recorder salvages them once QEMU is gone. */
 static void plugin_atexit(qemu_plugin_id_t id, void *udata)
 {
+    struct cn_thread *t = &cn_self;
     (void)id, (void)udata;
-    if (cn_self.lane) {
-        cn_resolve_at_exit(&cn_self);
-        cn_thread_exit(&cn_self);
+    cn_inline_lock(t);
+    if (t->lane) {
+        cn_resolve_at_exit(t);
+        cn_thread_exit(t);
     }
+    cn_inline_forget(t);
+    cn_inline_unlock(t);
+    cn_inline_flush_others(t);
 }
 
 QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_t *info,
                                            int argc, char **argv)
 {
     int fd;
+    bool want_inline;
     if (info->system_emulation) {
         return fail("only QEMU user mode (qemu-<arch>) is supported", NULL);
     }
-    if (parse_options(argc, argv, &fd) != 0 || open_ring(&fd) != 0 || map_ring(fd) != 0) {
+    if (parse_options(argc, argv, &fd, &want_inline) != 0 || open_ring(&fd) != 0 || map_ring(fd) != 0) {
         return -1;
     }
+    /* regs=check compares the write masks with QEMU's own register reads */
+    cn_cfg.inline_records = want_inline && !cn_cfg.regs_check && cn_compat_inline_records();
     cn_cfg.target = info->target_name;
     cn_syscall_table_select(info->target_name);
     struct cn_ring_header *r = cn_cfg.ring;
@@ -250,14 +278,19 @@ QEMU_PLUGIN_EXPORT int qemu_plugin_install(qemu_plugin_id_t id, const qemu_info_
     r->plugin_api = CN_QEMU_PLUGIN_API;
     r->mem_enabled = cn_cfg.record_mem;
     r->regs_state = CN_QEMU_PLUGIN_API < 2 ? CN_REGS_NO_API : cn_cfg.record_regs ? CN_REGS_UNSET : CN_REGS_OFF;
-    cn_compat_init();
+    r->inline_records = cn_cfg.inline_records;
+    if (cn_cfg.inline_records) {
+        cn_inline_init();
+    } else {
+        cn_compat_init();
+    }
     __atomic_store_n(&r->plugin_ready, 1, __ATOMIC_RELEASE);
 
     cn_lane_install_fork_handler();
     qemu_plugin_register_vcpu_tb_trans_cb(id, vcpu_tb_trans);
     qemu_plugin_register_vcpu_syscall_cb(id, vcpu_syscall);
     qemu_plugin_register_vcpu_syscall_ret_cb(id, vcpu_syscall_ret);
-    qemu_plugin_register_vcpu_init_cb(id, cn_regs_select);
+    qemu_plugin_register_vcpu_init_cb(id, vcpu_init);
     qemu_plugin_register_vcpu_exit_cb(id, vcpu_exit);
     qemu_plugin_register_atexit_cb(id, plugin_atexit, NULL);
     return 0;

@@ -14,28 +14,13 @@
  * is recorded as two 8-byte accesses at A and A + 8 of the same instruction.
  *
  * Per access: 8 bytes address, 8 bytes value, 4 bytes info; the pc is implied
- * by the block and the instruction index carried in the info word.
+ * by the block and the instruction index carried in the info word.  Where
+ * QEMU writes the records itself (plugin_inline.c) this callback is not
+ * registered; both end in cn_put_access (plugin.h).
  */
 #include <string.h>
 
 #include "plugin.h"
-
-/* word: the info word without its link, which names the lane's last exec */
-static inline void put_access(struct cn_thread *t, uint64_t vaddr, uint64_t value, uint32_t word)
-{
-    struct cn_lane_header *lane = t->lane;
-    uint32_t n = lane->count[CN_SEC_MEM_ADDR];
-    if (CN_UNLIKELY(n == CN_CAP_MEM)) {
-        cn_lane_rollover(t, false);
-        lane = t->lane;
-        n = 0;
-    }
-    t->mem_addr[n] = vaddr;
-    t->mem_value[n] = value;
-    t->mem_info[n] = word | (lane->count[CN_SEC_EXEC] << CN_MEMINFO_LINK_SHIFT);
-    /* the three mem sections share one count: MEM_ADDR's */
-    cn_count_set(lane, CN_SEC_MEM_ADDR, n + 1);
-}
 
 void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vaddr, void *udata)
 {
@@ -46,9 +31,9 @@ void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vadd
     uint64_t value[2];
     unsigned halves = cn_compat_mem_value(info, cn_cfg.guest_base + vaddr, size_shift, value);
     uint32_t word = (uint32_t)(uintptr_t)udata | shift | (qemu_plugin_mem_is_store(info) ? CN_MEMINFO_STORE : 0);
-    put_access(t, vaddr, value[0], word);
+    cn_put_access(t, vaddr, value[0], word);
     if (halves == 2) {
-        put_access(t, vaddr + 8, value[1], word);
+        cn_put_access(t, vaddr + 8, value[1], word);
     }
     t->lane->cur_progress = ((uint32_t)(uintptr_t)udata >> CN_MEMINFO_INSN_SHIFT) + 1u;
 }

@@ -19,6 +19,11 @@
  * one segment back.  regs=check reads all of them every time and counts
  * changes the masks missed (the ring's regs_missed; the tests expect 0).
  *
+ * Where QEMU writes records from its generated code (plugin_inline.c), it
+ * copies every recorded register into the record of each block's entry, and
+ * cn_regs_record takes the values from there instead of reading them: the
+ * same selection and the same records, without a call per register.
+ *
  * Record: 8 bytes value (the register's bytes in target order, read as a
  * little-endian integer: all supported targets are little-endian) and 4 bytes
  * info (number | link << 8, cannoli_format.h).  Names go out once, as
@@ -120,6 +125,7 @@ void cn_regs_select(qemu_plugin_id_t id, unsigned int vcpu_index)
         add_register(all, "eflags");
     }
     g_array_free(all, 1);
+    cn_inline_regs_select(names, n_regs);
     cn_reg_writes_init(names, n_regs);
     cn_cfg.ring->regs_recorded = n_regs;
     cn_cfg.ring->regs_state = n_regs ? CN_REGS_RECORDED : CN_REGS_NONE_KNOWN;
@@ -176,7 +182,12 @@ static inline uint64_t read_register(GByteArray *buf, unsigned int r)
     return v;
 }
 
-void cn_regs_record(struct cn_thread *t, uint64_t wanted)
+unsigned int cn_regs_count(void)
+{
+    return n_regs;
+}
+
+void cn_regs_record(struct cn_thread *t, uint64_t wanted, const uint64_t *values_now)
 {
     if (CN_UNLIKELY(!thread_regs_ready(t))) {
         return;
@@ -203,7 +214,7 @@ void cn_regs_record(struct cn_thread *t, uint64_t wanted)
     uint32_t frame = keyframe ? CN_REGINFO_KEYFRAME : 0;
     for (uint64_t todo = wanted; todo; todo &= todo - 1u) {
         unsigned int r = (unsigned int)__builtin_ctzll(todo);
-        uint64_t v = read_register(t->reg_buf, r);
+        uint64_t v = values_now ? values_now[r] : read_register(t->reg_buf, r);
         bool changed = v != t->regs[r] || first;
         if (!changed && !keyframe) {
             continue;
@@ -258,9 +269,14 @@ void cn_regs_emit_names(struct cn_thread *t)
     (void)t;
 }
 
-void cn_regs_record(struct cn_thread *t, uint64_t wanted)
+unsigned int cn_regs_count(void)
 {
-    (void)t, (void)wanted;
+    return 0;
+}
+
+void cn_regs_record(struct cn_thread *t, uint64_t wanted, const uint64_t *values_now)
+{
+    (void)t, (void)wanted, (void)values_now;
 }
 
 void cn_regs_forget(struct cn_thread *t)

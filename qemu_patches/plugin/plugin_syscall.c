@@ -315,6 +315,7 @@ void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uin
 {
     (void)id, (void)vcpu_index, (void)a7, (void)a8;
     struct cn_thread *t = cn_thread_self();
+    cn_inline_lock(t); /* the syscall's block and what led to it reach the lane first */
     /* a syscall instruction always ends its block: the block ran to its end */
     if (t->cur) {
         t->lane->cur_done = 1;
@@ -347,12 +348,14 @@ void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uin
     if (num == exec_calls[0] || num == exec_calls[1]) {
         cn_lane_hand_over(t);
     }
+    cn_inline_unlock(t);
 }
 
 void vcpu_syscall_ret(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, int64_t ret)
 {
     (void)id, (void)vcpu_index;
     struct cn_thread *t = cn_thread_self();
+    cn_inline_lock(t);
     struct cn_event *ev = cn_event_new(t, CN_EV_SYSRET, t->exec_ord - 1);
     ev->v[0] = (uint64_t)num;
     ev->v[1] = (uint64_t)ret;
@@ -363,4 +366,5 @@ void vcpu_syscall_ret(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num,
             record_buffers(t, num, t->call_args, true, ret);
         }
     }
+    cn_inline_unlock(t);
 }

@@ -68,6 +68,7 @@ typedef uint32_t qemu_plugin_meminfo_t;
 enum qemu_plugin_op {
     QEMU_PLUGIN_INLINE_ADD_U64,
     QEMU_PLUGIN_INLINE_STORE_U64, /* API >= 2 */
+    QEMU_PLUGIN_INLINE_RECORD,    /* qemu_patches/0004 only (see the end of this file) */
 };
 
 typedef void (*qemu_plugin_udata_cb_t)(qemu_plugin_id_t id, void *userdata);
@@ -183,6 +184,36 @@ typedef struct {
 qemu_plugin_mem_value qemu_plugin_mem_get_value(qemu_plugin_meminfo_t info);
 #endif
 
+#if CN_QEMU_PLUGIN_API >= 4
+/* qemu_patches/0004-plugins-inline-record.patch: records that QEMU's
+ * generated code appends to a per-vCPU buffer (the patch's qemu-plugin.h
+ * documents them).  Weak: a QEMU without the patch leaves them NULL, and
+ * the plugin records through callbacks there (cn_compat_inline_records). */
+typedef struct qemu_plugin_record_buffer {
+    uint8_t *base;
+    uint8_t *cursor;
+    uint8_t *limit;
+    uint8_t *end;
+    void (*full)(unsigned int vcpu_index, void *userdata);
+    void *userdata;
+} qemu_plugin_record_buffer;
+#define QEMU_PLUGIN_RECORD_TB_MAX (256 * 1024)
+#define QEMU_PLUGIN_RECORD_MAX_REGS 64
+struct qemu_plugin_record_regs;
+__attribute__((weak)) int qemu_plugin_inline_record_version(void);
+__attribute__((weak)) bool qemu_plugin_record_reg_supported(const char *name);
+__attribute__((weak)) struct qemu_plugin_record_regs *qemu_plugin_record_regs_new(const char *const *names,
+                                                                                   size_t n);
+__attribute__((weak)) void qemu_plugin_register_vcpu_tb_record_regs_per_vcpu(
+    struct qemu_plugin_tb *tb, qemu_plugin_u64 entry, const struct qemu_plugin_record_regs *regs);
+void qemu_plugin_register_vcpu_tb_exec_inline_per_vcpu(struct qemu_plugin_tb *tb, enum qemu_plugin_op op,
+                                                       qemu_plugin_u64 entry, uint64_t imm);
+void qemu_plugin_register_vcpu_mem_inline_per_vcpu(struct qemu_plugin_insn *insn, enum qemu_plugin_mem_rw rw,
+                                                   enum qemu_plugin_op op, qemu_plugin_u64 entry,
+                                                   uint64_t imm);
+void *qemu_plugin_scoreboard_find(struct qemu_plugin_scoreboard *score, unsigned int vcpu_index);
+#endif
+
 /* ---- version-dependent helpers ------------------------------------------ */
 #include <string.h>
 
@@ -230,6 +261,17 @@ static inline unsigned cn_compat_mem_value(qemu_plugin_meminfo_t info, uint64_t 
     case 3: memcpy(out, host, 8); return 1;
     default: memcpy(out, host, 16); return 2;
     }
+#endif
+}
+
+/* Does this QEMU write records from its generated code (qemu_patches/0004)? */
+static inline bool cn_compat_inline_records(void)
+{
+#if CN_QEMU_PLUGIN_API >= 4
+    return qemu_plugin_inline_record_version && qemu_plugin_inline_record_version() == 1 &&
+           qemu_plugin_record_regs_new && qemu_plugin_register_vcpu_tb_record_regs_per_vcpu;
+#else
+    return false;
 #endif
 }
 
