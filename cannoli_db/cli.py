@@ -92,8 +92,9 @@ class _Size(click.ParamType):
 @click.option("--no-mem", is_flag=True, help="Do not record memory accesses (blocks, syscalls, threads only).")
 @click.option("--no-index", is_flag=True, help="Do not build trace.duckdb after recording.")
 @click.option("--qemu", "qemu_path", metavar="PATH",
-              help='The qemu-<arch> binary to run, a directory holding it, or "built" (the QEMU 10 that '
-                   "`cannoli setup-qemu` built). Default: the settings file's qemu, else PATH.")
+              help='The qemu-<arch> binary to run, a directory holding it, "built" (the QEMU 10 that '
+                   '`cannoli setup-qemu` built) or "system" (PATH\'s). Default: the settings file\'s qemu, '
+                   "else the built one where there is one for the program's architecture, else PATH's.")
 @click.option("--regs/--no-regs", "record_regs", default=None,
               help="Record registers at block entry (default: wherever the QEMU can, i.e. QEMU >= 9.0).")
 @click.option("--regs-check", is_flag=True,
@@ -133,8 +134,9 @@ def record(out_dir, no_mem, no_index, qemu_path, record_regs, regs_check, inline
 
     if out_dir is not None:
         paths.output(out_dir, f"-o {out_dir}", is_dir=True)
-    if qemu_path is not None and qemu_path != "built":
-        paths.existing(qemu_path, f"--qemu {qemu_path}", hint='give a qemu-<arch> binary, its directory, or "built"')
+    if qemu_path is not None and qemu_path not in ("built", "system"):
+        paths.existing(qemu_path, f"--qemu {qemu_path}",
+                       hint='give a qemu-<arch> binary, its directory, "built" or "system"')
     if sysroot is not None:
         paths.input_dir(sysroot, f"-L {sysroot}", hint="give the sysroot of the program's libraries")
     opts = RecordOptions(program=program, args=list(args), out_dir=out_dir, record_mem=not no_mem,

@@ -1,11 +1,13 @@
 """The user's settings file: which QEMU records, and whether registers are recorded.
 
     # ~/.config/cannoli-db/config.toml   (or $CANNOLI_CONFIG)
-    qemu = "built"            # the QEMU 10 that `cannoli setup-qemu` built
+    qemu = "built"            # the QEMU 10 that `cannoli setup-qemu` built (the default when built)
+    # qemu = "system"         # the qemu-<arch> on PATH
     # qemu = "/opt/qemu/bin"  # a directory of qemu-<arch> binaries, or one binary
     regs = true               # record registers where the QEMU can (default)
 
-Command-line options win over the file; the file wins over PATH.  An unknown
+Command-line options win over the file; the file wins over the default (the
+`cannoli setup-qemu` build where there is one, else PATH).  An unknown
 key or a wrong type is an error, so a typo never silently does nothing; so is
 a $CANNOLI_CONFIG that names no readable file (a missing default file is no
 settings).
@@ -23,6 +25,7 @@ from . import paths
 from .errors import CannoliError
 
 BUILT = "built"  # qemu = "built": the newest `cannoli setup-qemu` build
+SYSTEM = "system"  # qemu = "system": the qemu-<arch> on PATH
 KNOWN = {"qemu": str, "regs": bool}
 
 
@@ -67,16 +70,42 @@ def load(path: Path | None = None) -> Settings:
     return Settings(values.get("qemu"), values.get("regs"), path)
 
 
-def resolve_qemu(choice: str | None, arch: str) -> str | None:
-    """A --qemu or settings value as a path: "built" means the newest QEMU that
-    `cannoli setup-qemu` built for this architecture; None means PATH."""
+@dataclass(frozen=True)
+class QemuChoice:
+    path: str | None  # None: the qemu-<arch> on PATH
+    why: str  # for meta.json, `cannoli info` and the summary line
+
+
+def choose_qemu(given: str | None, settings: Settings, arch: str) -> QemuChoice:
+    """The QEMU a recording runs, and why: --qemu, else the settings file, else
+    the fastest there is (the `cannoli setup-qemu` build when there is one for
+    this architecture: its generated code writes the records), else PATH's."""
+    target = guest_arch.get(arch).qemu_target
+    if given is not None:
+        return QemuChoice(_resolve(given, target), f"--qemu {given}")
+    if settings.qemu is not None:
+        return QemuChoice(_resolve(settings.qemu, target), f"qemu = \"{settings.qemu}\" in {settings.source}")
+    build = _newest_build(target)
+    if build is not None:
+        return QemuChoice(build, "the default: the QEMU `cannoli setup-qemu` built (--qemu system for PATH's)")
+    return QemuChoice(None, f"the default: PATH's, as `cannoli setup-qemu` has built no qemu-{target}")
+
+
+def _resolve(choice: str, target: str) -> str | None:
+    """"built" is the newest `cannoli setup-qemu` build, "system" PATH's, else a path."""
+    if choice == SYSTEM:
+        return None
     if choice != BUILT:
         return choice
-    from .recorder import qemu_build
-
-    target = guest_arch.get(arch).qemu_target
-    build = qemu_build.find_build((target,))
+    build = _newest_build(target)
     if build is None:
         raise CannoliError(f"qemu = \"built\", but `cannoli setup-qemu` has built no qemu-{target} yet: "
                            f"run `cannoli setup-qemu --targets {target}`")
-    return str(build.qemu(target))
+    return build
+
+
+def _newest_build(target: str) -> str | None:
+    from .recorder import qemu_build
+
+    build = qemu_build.find_build((target,))
+    return str(build.qemu(target)) if build is not None else None

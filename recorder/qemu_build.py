@@ -5,6 +5,7 @@ keep the result in the cache (`cannoli setup-qemu`; docs/qemu10.md).
     <cache>/qemu/<debian-version>-<patch-hash-12>-<targets>/
         bin/qemu-<arch>          the emulators
         include/qemu-plugin.h    the plugin API header of that source
+        contrib/execlog.c        QEMU's own trace plugin, for the benchmarks' side by side
         build.json               written last: the build is complete
 
 A build happens in a hidden temporary directory beside the others and is
@@ -89,6 +90,10 @@ class QemuBuild:
     @property
     def stamp(self) -> Path:
         return self.path / "build.json"
+
+    @property
+    def execlog_source(self) -> Path:
+        return self.path / "contrib" / "execlog.c"
 
     def qemu(self, arch: str) -> Path:
         return self.bin_dir / f"qemu-{arch}"
@@ -395,6 +400,8 @@ def _collect(source: Path, build_dir: Path, out: Path, targets: tuple[str, ...])
     for t in targets:
         shutil.copy2(build_dir / f"qemu-{t}", out / "bin" / f"qemu-{t}")
     shutil.copy2(source / "include" / "qemu" / "qemu-plugin.h", out / "include" / "qemu-plugin.h")
+    (out / "contrib").mkdir()
+    shutil.copy2(source / "contrib" / "plugins" / "execlog.c", out / "contrib" / "execlog.c")
 
 
 def _stamp(out: Path, version: str, patches: list[Path], targets: tuple[str, ...], total: float,

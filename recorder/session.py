@@ -193,7 +193,7 @@ def record(opts: RecordOptions) -> RecordResult:
     run = guest_binary.launch(opts.program, opts.args)
     guest = run.binary
     _check_interpreter(guest, opts.sysroot)
-    opts = _with_settings(opts, guest.arch)
+    opts, qemu_why = _with_settings(opts, guest.arch)
     qemu = native.find_qemu(guest.arch, opts.qemu)
     if (opts.record_regs or opts.regs_check) and not qemu.has_registers:
         raise CannoliError(
@@ -204,6 +204,7 @@ def record(opts: RecordOptions) -> RecordResult:
     ring = Ring(opts.n_lanes)
     trace_dir = tracedir.create(opts.out_dir or tracedir.default_trace_dir(opts.program), opts.force)
     meta = _initial_meta(opts, run, qemu)
+    meta["qemu_choice"] = qemu_why
     tracedir.write_meta(trace_dir, meta)
     writer = ChunkWriter(trace_dir / tracedir.CHUNKS_NAME, ring.max_side, ring.max_heavy, level=opts.zstd_level)
     stats = StreamStats(arch=guest.arch)
@@ -259,11 +260,13 @@ def _cpu_spent(before: tuple[float, float]) -> dict:
     return {"recorder": round(now[0] - before[0], 3), "qemu": round(now[1] - before[1], 3)}
 
 
-def _with_settings(opts: RecordOptions, arch: str) -> RecordOptions:
-    """Options with the settings file's qemu and regs where the command line left them open."""
+def _with_settings(opts: RecordOptions, arch: str) -> tuple[RecordOptions, str]:
+    """Options with the settings file's qemu and regs where the command line
+    left them open, and why that QEMU."""
     settings = config.load()
     regs = opts.record_regs if opts.record_regs is not None else settings.regs
-    return replace(opts, qemu=config.resolve_qemu(opts.qemu or settings.qemu, arch), record_regs=regs)
+    choice = config.choose_qemu(opts.qemu, settings, arch)
+    return replace(opts, qemu=choice.path, record_regs=regs), choice.why
 
 
 def _check_interpreter(guest: guest_binary.GuestBinary, sysroot: str | None) -> None:
@@ -480,9 +483,16 @@ def summary(result: RecordResult) -> str:
         f"{result.mem_events:,} memory accesses, {result.syscalls:,} syscalls, "
         f"{result.threads} thread{'s' if result.threads != 1 else ''}; "
         f"{_size(result.bytes_on_disk)} on disk in {result.chunks} chunk{'s' if result.chunks != 1 else ''} "
-        f"({per_insn:.3f} bytes/instruction); wall time {result.wall_time:.2f} s. "
+        f"({per_insn:.3f} bytes/instruction); wall time {result.wall_time:.2f} s{_qemu_said(result.meta)}. "
         f"Trace: {result.trace_dir}{note}"
     )
+
+
+def _qemu_said(meta: dict) -> str:
+    """Which QEMU recorded, how (its generated code or callbacks wrote the records) and why that one."""
+    how = "records from its generated code" if meta.get("inline_records") else "records by callbacks"
+    why = f"; {meta['qemu_choice']}" if meta.get("qemu_choice") else ""
+    return f" on QEMU {meta.get('qemu_version')} ({how}{why})"
 
 
 def _size(n: int) -> str:

@@ -39,6 +39,7 @@ GUEST_ENV = {
     "HOME": os.environ.get("HOME", "/root"),
     "LC_ALL": "C.UTF-8",  # also stops Python from coercing the locale (PEP 538)
     "CANNOLI_CACHE": os.environ.get("CANNOLI_CACHE", os.path.expanduser("~/.cache/cannoli-db")),
+    "CANNOLI_CONFIG": str(Path(__file__).parent / "fixtures" / "settings-system-qemu.toml"),
 }
 
 

@@ -50,6 +50,9 @@ def _facts(trace: Path, meta: dict, index: Trace | None) -> list[tuple[str, obje
         ("program", " ".join(meta.get("argv", []))),
         ("arch", meta.get("arch")),
         ("qemu", f"{meta.get('qemu_path')} (QEMU {meta.get('qemu_version')}, plugin API {meta.get('plugin_api')})"),
+        ("qemu chosen by", meta.get("qemu_choice") or "(not recorded by this version)"),
+        ("records written by", "QEMU's generated code (qemu_patches/0004)" if meta.get("inline_records")
+         else "plugin callbacks"),
         ("recording", state),
         ("exit", f"signal {meta['exit_signal_name']}" if meta.get("exit_signal") else meta.get("exit_status")),
         ("memory recorded", meta.get("record_mem")),
