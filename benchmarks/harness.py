@@ -47,3 +47,13 @@ def run_measured(cmd: list[str]) -> tuple[float, float, int]:
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()}")
     return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
+
+
+def qemu10_build():
+    """The `cannoli setup-qemu` build with qemu-x86_64, or exit saying how to make one."""
+    from cannoli_db.native import qemu_build
+
+    found = qemu_build.find_build(("x86_64",))
+    if found is None:
+        sys.exit("no QEMU 10 build: run `cannoli setup-qemu` first")
+    return found

@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import CANNOLI, scratch
+from harness import CANNOLI, qemu10_build, scratch
 from record_speed import XZ, generated_text
 from rich.console import Console
 from rich.table import Table
@@ -141,11 +141,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--text-mb", type=float, default=0.25, metavar="MB", help="text xz compresses (default 0.25)")
     args = ap.parse_args()
-    from cannoli_db.recorder import qemu_build
-
-    build = qemu_build.find_build(("x86_64",))
-    if build is None:
-        sys.exit("no QEMU 10 build: run `cannoli setup-qemu` first")
+    build = qemu10_build()
     console = Console(width=160)
     with scratch("cannoli-peers-") as work:
         execlog = None

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import CANNOLI, WORKLOADS, build, scratch
+from harness import CANNOLI, WORKLOADS, build, qemu10_build, scratch
 from rich.console import Console
 from rich.table import Table
 
@@ -106,14 +106,7 @@ def table(rows) -> Table:
 
 
 def qemu10_path(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    from cannoli_db.recorder import qemu_build
-
-    found = qemu_build.find_build(("x86_64",))
-    if found is None:
-        sys.exit("no QEMU 10 build: run `cannoli setup-qemu` first, or pass --qemu10 PATH")
-    return str(found.bin_dir / "qemu-x86_64")
+    return explicit or str(qemu10_build().qemu("x86_64"))
 
 
 def main() -> int:

@@ -36,7 +36,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import CANNOLI, WORKLOADS, build, scratch
+from harness import CANNOLI, WORKLOADS, build, qemu10_build, scratch
 from rich.console import Console
 from rich.table import Table
 
@@ -122,14 +122,7 @@ def table(rows) -> Table:
 
 
 def qemu10_dir(explicit: str | None) -> str:
-    if explicit:
-        return explicit
-    from cannoli_db.recorder import qemu_build
-
-    found = qemu_build.find_build(("x86_64",))
-    if found is None:
-        sys.exit("no QEMU 10 build: run `cannoli setup-qemu` first, or pass --qemu10 DIR")
-    return str(found.bin_dir)
+    return explicit or str(qemu10_build().bin_dir)
 
 
 def main() -> int:

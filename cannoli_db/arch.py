@@ -157,3 +157,20 @@ def of_meta(meta: Mapping, where: str = "the trace") -> Arch:
 def by_elf(machine: str, elf_class: int, little_endian: bool) -> Arch | None:
     """The entry for an ELF header's e_machine, class and byte order; None if Cannoli DB has none."""
     return _BY_ELF.get((machine, elf_class, little_endian))
+
+
+def of_elf(elf) -> Arch | None:
+    """The entry for an open pyelftools ELFFile; None if Cannoli DB has none."""
+    return by_elf(elf["e_machine"], elf.elfclass, elf.little_endian)
+
+
+def of_program(path: str) -> Arch | None:
+    """The entry for the ELF program at `path`; None if it is not one (or unreadable)."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(path, "rb") as f:
+            return of_elf(ELFFile(f))
+    except (ELFError, OSError):
+        return None

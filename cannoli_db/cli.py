@@ -528,7 +528,7 @@ def setup_qemu(targets, jobs, force):
 
     Example: cannoli record --qemu "$(cannoli setup-qemu)/qemu-x86_64" ./app
     """
-    from .recorder import qemu_build
+    from .native import qemu_build
 
     wanted = qemu_build.parse_targets(targets)
     result = qemu_build.build(wanted, jobs=jobs, force=force)

@@ -287,7 +287,7 @@ LANE_HEADER_DTYPE = np.dtype(
         ("exec_first", "<u8"),
         ("count", "<u4", (NSECTIONS,)),
         ("cur_done", "<u4"),
-        ("cur_progress", "<u4"),
+        ("cur_accessed", "<u4"),
         ("cur_block", "<u4"),
         ("stream", "<u4"),
         ("cur_snap", "<u8"),

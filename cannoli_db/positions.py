@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import format as F
-from .fault_point import died_at
+from .native.fault_point import died_at
 
 Stream = int
 

@@ -81,7 +81,7 @@ struct cn_lane_header {
     uint64_t exec_first;
     uint32_t count[CN_NSECTIONS]; /* records written; each bumped after its record  */
     uint32_t cur_done;          /* see struct cn_packet_header                       */
-    uint32_t cur_progress;
+    uint32_t cur_accessed;      /* 1 + index of the last instruction that completed an access; 0: none */
     uint32_t cur_block;         /* block id of the thread's current block            */
     uint32_t stream;            /* the thread's stream id (packet header)            */
     uint64_t cur_snap;          /* hits[cur_block] when that block started           */

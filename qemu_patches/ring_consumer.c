@@ -319,8 +319,8 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, si
     h.cur_done = lane->cur_done;
     /* lane: 1 + last instruction with a completed access (0: none);
      * packet: index of the last instruction known to have started */
-    h.cur_progress = lane->cur_progress ? lane->cur_progress - 1u : 0u;
-    h.cur_accessed = lane->cur_progress;
+    h.cur_progress = lane->cur_accessed ? lane->cur_accessed - 1u : 0u;
+    h.cur_accessed = lane->cur_accessed;
     if (!h.cur_done && lane->cur_block && lane->cur_block < r->hits_capacity) {
         /* the block-end counter moved since the block started: its last
          * instruction ran */

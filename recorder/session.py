@@ -21,13 +21,13 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cannoli_db import __version__, config, guest_binary, native, syscall_tables, tracedir
+from cannoli_db import __version__, layout_log, native, syscall_tables, tracedir
 from cannoli_db import arch as guest_arch
 from cannoli_db import format as F
 from cannoli_db.decode import split_view
 from cannoli_db.errors import CannoliError
 
-from . import layout_log
+from . import config, guest_binary
 from .chunk_writer import ChunkWriter
 from .live import LiveLine
 from .ring import Ring, ring_header

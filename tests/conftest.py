@@ -73,7 +73,7 @@ QEMU_LABELS = ("7.2", "10")
 def qemu_under_test(label: str) -> QemuUnderTest:
     if label == "7.2":
         return QemuUnderTest("7.2", Path(qemu_x86_64()).parent, 1)
-    from cannoli_db.recorder import qemu_build
+    from cannoli_db.native import qemu_build
 
     build = qemu_build.find_build(("x86_64", "aarch64"))
     if build is None:

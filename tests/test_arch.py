@@ -19,11 +19,11 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.enums import ENUM_E_MACHINE
 
 from cannoli_db import arch as guest_arch
-from cannoli_db import guest_binary
+from cannoli_db.recorder import guest_binary
 from cannoli_db.errors import CannoliError
 from cannoli_db.index import calls
 from cannoli_db.reexec import arches as reexec_arches
-from cannoli_db.recorder import qemu_build
+from cannoli_db.native import qemu_build
 
 from .conftest import CROSS, GUEST_ENV, HOST_ARCH
 

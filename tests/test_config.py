@@ -1,4 +1,4 @@
-"""The settings file (cannoli_db/config.py): which QEMU records and whether
+"""The settings file (recorder/config.py): which QEMU records and whether
 registers are recorded, checked through real recordings' meta.json."""
 
 from __future__ import annotations

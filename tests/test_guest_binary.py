@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cannoli_db import guest_binary
+from cannoli_db.recorder import guest_binary
 from cannoli_db.errors import CannoliError
 
 from .conftest import GUEST_ENV, host_strace

@@ -1,4 +1,4 @@
-"""The QEMU 10 that `cannoli setup-qemu` builds (recorder/qemu_build.py).
+"""The QEMU 10 that `cannoli setup-qemu` builds (cannoli_db/native/qemu_build.py).
 
 No test builds QEMU (minutes): they use the build in the cache, and fail --
 not skip -- when there is none, saying to run `cannoli setup-qemu`.  The
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from cannoli_db.errors import CannoliError
-from cannoli_db.recorder import qemu_build as qb
+from cannoli_db.native import qemu_build as qb
 
 from .conftest import GUEST_ENV, run_cannoli
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cannoli_db.errors import CannoliError
-from cannoli_db.recorder import qemu_build
+from cannoli_db.native import qemu_build
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_LINES = 15

@@ -168,7 +168,7 @@ def _logged_start_code(meta: dict) -> int:
 
 def _qemu_regions(b: _Builder, pid: int, layout: dict) -> None:
     """The mappings QEMU made that no ELF segment explains: the stack and its
-    guard page, the vsyscall/vdso page, reservations (recorder/layout_log.py)."""
+    guard page, the vsyscall/vdso page, reservations (cannoli_db/layout_log.py)."""
     images = [(m[4], m[5]) for m in b.mmaps if m[2] == pid and m[0] is None]
     stack, brk = layout.get("start_stack"), layout.get("brk")
     for region in layout.get("regions", []):

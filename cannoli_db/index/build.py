@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from .. import arch as guest_arch
 from .. import format as F
-from .. import guest_binary, schema, store, tracedir
+from .. import schema, store, tracedir
 from ..chunkfile import drop_heavy
 from ..decode import Chunk, ChunkError, chunk_files, read_chunk_file
 from ..errors import CannoliError
@@ -157,10 +157,9 @@ def _arch_from_process(trace_dir: Path, events: EventLog) -> str:
     """The guest architecture from the program that the PROCESS event names (when meta.json cannot say)."""
     ev = events.table()
     for e in ev[ev["kind"] == F.EV_PROCESS]:
-        try:
-            return guest_binary.inspect(events.blob(e).decode(errors="surrogateescape")).arch
-        except (CannoliError, OSError):
-            continue
+        found = guest_arch.of_program(events.blob(e).decode(errors="surrogateescape"))
+        if found is not None:
+            return found.name
     raise CannoliError(f"{trace_dir}: meta.json is damaged and the recorded program cannot be read, so the "
                        f"guest's architecture is unknown; put the program back where it was recorded and index again")
 
@@ -185,7 +184,7 @@ def _remove_parts_beyond(trace_dir: Path, n_chunks: int) -> None:
 
 def _recover_layout(trace_dir: Path, meta: dict) -> dict:
     """A recorder that died before finishing leaves QEMU's layout log unread: read it now."""
-    from ..recorder import layout_log
+    from .. import layout_log
 
     log = trace_dir / layout_log.LOG_NAME
     if not log.exists() or tracedir.recorder_alive(meta):

@@ -44,7 +44,7 @@ struct cn_tb {
 /* The thread's current block travels with it from lane to lane: whether it
  * finished, how far it got, and its block-end counter snapshot. */
 struct cn_block_state {
-    uint32_t done, progress, block;
+    uint32_t done, accessed, block;
     uint64_t snap;
 };
 
@@ -162,7 +162,7 @@ CN_HIDDEN void cn_exec_block(struct cn_thread *t, const struct cn_tb *d, const u
 /* The block's last instruction, index `last`, started. */
 static inline void cn_exec_last_insn(struct cn_thread *t, uint32_t last)
 {
-    t->lane->cur_progress = last + 1u;
+    t->lane->cur_accessed = last + 1u;
     t->lane->cur_done = 1;
 }
 

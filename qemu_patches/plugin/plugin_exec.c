@@ -22,7 +22,7 @@
  *     completed a memory access that can fault (../fault_point.c);
  *   - otherwise the last instruction did run: the counter lost an update.
  *
- * In the lane, cur_progress is 1 + the index of the last instruction that
+ * In the lane, cur_accessed is 1 + the index of the last instruction that
  * completed a memory access (0: none yet; a syscall sets n_insns); the
  * recorder turns it into the packet's "index of the last instruction known
  * to have started".
@@ -135,7 +135,7 @@ static uint16_t executed_insns(const struct cn_tb *d, uint32_t accessed, uint64_
 static void resolve_interrupted(struct cn_thread *t, uint64_t next_pc, bool dying)
 {
     struct cn_tb *d = (struct cn_tb *)t->cur;
-    uint16_t ran = executed_insns(d, t->lane->cur_progress, next_pc, dying);
+    uint16_t ran = executed_insns(d, t->lane->cur_accessed, next_pc, dying);
     uint64_t ordinal = t->exec_ord - 1;
     t->lane->cur_done = 1;
     t->regs_resync = true; /* a fault: the signal frame changed registers no instruction did */
@@ -166,7 +166,7 @@ static inline void record_exec(struct cn_thread *t, struct cn_lane_header *lane,
 {
     t->exec[n] = d->block_id;
     lane->cur_done = d->n_insns == 1;
-    lane->cur_progress = 0;
+    lane->cur_accessed = 0;
     lane->cur_block = d->block_id;
     lane->cur_snap = d->end_counted ? cn_compat_block_ends(d, t->vcpu) : 0;
     cn_count_set(lane, CN_SEC_EXEC, n + 1);

@@ -142,7 +142,7 @@ static inline const uint8_t *take_access(struct cn_thread *t, const uint8_t *p, 
         memcpy(&value, p + 24, 8);
         cn_put_access(t, vaddr + 8, value, word);
     }
-    t->lane->cur_progress = ((uint32_t)head >> CN_MEMINFO_INSN_SHIFT) + 1u;
+    t->lane->cur_accessed = ((uint32_t)head >> CN_MEMINFO_INSN_SHIFT) + 1u;
     return p + (shift > 3 ? 32 : 24);
 }
 

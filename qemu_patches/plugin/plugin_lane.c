@@ -80,7 +80,7 @@ static void lane_begin(struct cn_thread *t, struct cn_block_state cur, bool cont
     lane->packet_seq = t->packet_seq++;
     lane->exec_first = continues ? t->exec_ord - 1 : t->exec_ord;
     lane->cur_done = cur.done;
-    lane->cur_progress = cur.progress;
+    lane->cur_accessed = cur.accessed;
     lane->cur_block = cur.block;
     lane->cur_snap = cur.snap;
     lane->stream = t->stream;
@@ -183,7 +183,7 @@ void cn_lane_rollover(struct cn_thread *t, bool between_blocks)
     if (end > t->segment_start) {
         segment_close(t, end, true);
     }
-    struct cn_block_state cur = { old->cur_done, old->cur_progress, old->cur_block, old->cur_snap };
+    struct cn_block_state cur = { old->cur_done, old->cur_accessed, old->cur_block, old->cur_snap };
     cn_lane_publish(t, 0);
     lane_begin(t, cur, !between_blocks && t->cur != NULL);
 }
@@ -191,7 +191,7 @@ void cn_lane_rollover(struct cn_thread *t, bool between_blocks)
 void cn_lane_hand_over(struct cn_thread *t)
 {
     struct cn_lane_header *lane = t->lane;
-    t->resume = (struct cn_block_state){ lane->cur_done, lane->cur_progress, lane->cur_block, lane->cur_snap };
+    t->resume = (struct cn_block_state){ lane->cur_done, lane->cur_accessed, lane->cur_block, lane->cur_snap };
     t->handed_over = true;
     cn_lane_publish(t, 0);
 }

@@ -35,5 +35,5 @@ void vcpu_mem(unsigned int vcpu_index, qemu_plugin_meminfo_t info, uint64_t vadd
     if (halves == 2) {
         cn_put_access(t, vaddr + 8, value[1], word);
     }
-    t->lane->cur_progress = ((uint32_t)(uintptr_t)udata >> CN_MEMINFO_INSN_SHIFT) + 1u;
+    t->lane->cur_accessed = ((uint32_t)(uintptr_t)udata >> CN_MEMINFO_INSN_SHIFT) + 1u;
 }

@@ -319,7 +319,7 @@ void vcpu_syscall(qemu_plugin_id_t id, unsigned int vcpu_index, int64_t num, uin
     /* a syscall instruction always ends its block: the block ran to its end */
     if (t->cur) {
         t->lane->cur_done = 1;
-        t->lane->cur_progress = t->cur->n_insns;
+        t->lane->cur_accessed = t->cur->n_insns;
     }
     uint64_t seq = cn_segment_close(t, t->exec_ord);
 

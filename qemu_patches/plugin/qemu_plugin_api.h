@@ -3,7 +3,7 @@
  *
  * Debian does not ship QEMU's qemu-plugin.h, so the declarations are written
  * here, per plugin API version.  CN_QEMU_PLUGIN_API is set by the build
- * (cannoli_db/native.py) from the QEMU version it detected:
+ * (cannoli_db/native/__init__.py) from the QEMU version it detected:
  *   QEMU 7.2 - 8.2 -> 1;  9.0 -> 2;  9.1 -> 3;  9.2 / 10.0 -> 4;  10.1+ -> 4
  * (a QEMU accepts any plugin between its minimum and current version, and
  * version 5 added nothing this plugin uses).
@@ -109,7 +109,7 @@ void *qemu_plugin_insn_haddr(const struct qemu_plugin_insn *insn);
 
 /* Weak: QEMU 10.0's user-mode builds do not define these four (they went to
  * the system-mode file); a missing one is NULL and its fact comes from QEMU's
- * page log instead (recorder/layout_log.py). */
+ * page log instead (cannoli_db/layout_log.py). */
 __attribute__((weak)) uint64_t qemu_plugin_start_code(void);
 __attribute__((weak)) uint64_t qemu_plugin_end_code(void);
 __attribute__((weak)) uint64_t qemu_plugin_entry_code(void);

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cffi
 import numpy as np
 
-from . import native
+from .. import native
 
 _ffi = cffi.FFI()
 _ffi.cdef("uint32_t cn_fault_point(const char *target, uint64_t pc, const uint8_t *code, "

@@ -12,9 +12,9 @@ from typing import Sequence
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from . import arch as guest_arch
-from . import paths
-from .errors import CannoliError
+from cannoli_db import arch as guest_arch
+from cannoli_db import paths
+from cannoli_db.errors import CannoliError
 
 @dataclass(frozen=True)
 class GuestBinary:
@@ -51,6 +51,7 @@ def _elf(path: str, program: str) -> GuestBinary:
             machine = elf["e_machine"]
             elf_class = elf.elfclass
             little = elf.little_endian
+            found = guest_arch.of_elf(elf)
             interp = None
             for seg in elf.iter_segments():
                 if seg["p_type"] == "PT_INTERP":
@@ -59,7 +60,6 @@ def _elf(path: str, program: str) -> GuestBinary:
         raise CannoliError(f"{program}: damaged ELF file ({exc})") from None
     except OSError as exc:
         raise CannoliError(f"{program}: cannot read ({exc.strerror})") from None
-    found = guest_arch.by_elf(machine, elf_class, little)
     if found is None:
         raise CannoliError(f"{program}: {machine} ({elf_class}-bit, {'little' if little else 'big'}-endian) "
                            f"is not an architecture Cannoli DB records; it records {guest_arch.supported()}")

@@ -20,9 +20,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import arch as guest_arch
-from . import paths
-from .errors import CannoliError
+from cannoli_db import arch as guest_arch
+from cannoli_db import paths
+from cannoli_db.errors import CannoliError
 
 BUILT = "built"  # qemu = "built": the newest `cannoli setup-qemu` build
 SYSTEM = "system"  # qemu = "system": the qemu-<arch> on PATH
@@ -105,7 +105,7 @@ def _resolve(choice: str, target: str) -> str | None:
 
 
 def _newest_build(target: str) -> str | None:
-    from .recorder import qemu_build
+    from cannoli_db.native import qemu_build
 
     build = qemu_build.find_build((target,))
     return str(build.qemu(target)) if build is not None else None

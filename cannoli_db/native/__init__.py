@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from . import arch as guest_arch
-from .errors import CannoliError
+from .. import arch as guest_arch
+from ..errors import CannoliError
 
 SUPPORTED_PLUGIN_APIS = (1, 2, 3, 4, 5)
 NEWEST_PLUGIN_API_BUILT = 4
