@@ -7,7 +7,7 @@ the syscall it entered, and (QEMU >= 9 traces) the registers before it ran:
 all known ones at a thread's first step, then the ones that changed, at every
 instruction (cannoli_db.reexec re-executes each block from its recorded entry
 registers; unknown registers are left out).  Steps are produced window by window
-(WINDOW positions at a time) so a replay of any length runs in bounded memory.
+(the first small, then up to WINDOW positions at a time) so a replay of any length runs in bounded memory.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .hex_columns import INFO as HEX
 from .reexec import RegisterChanges
 
 WINDOW = 1 << 16
+FIRST_WINDOW = 1 << 8
 
 
 @dataclass(frozen=True)
@@ -150,23 +151,23 @@ def steps(trace, start: int, end: int, tid: int | None = None) -> Iterator[Step]
 
 def _steps(trace, disasm: Disassembler, start: int, end: int, tid: int | None) -> Iterator[Step]:
     changes = RegisterChanges(trace, tid)
-    for lo in range(start, end, WINDOW):
-        yield from _window(trace, disasm, changes, lo, min(end, lo + WINDOW), tid)
+    lo, size = start, FIRST_WINDOW
+    while lo < end:
+        hi = min(end, lo + size)
+        yield from _window(trace, disasm, changes, lo, hi, tid)
+        # the first step comes after a small window; later windows grow to WINDOW
+        lo, size = hi, min(WINDOW, size * 4)
 
 
 def window_insns(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
     """(idx, tid, pc, block_id, n) of each instruction at positions [lo, hi), in order."""
-    return trace.sql("""
-        SELECT idx, tid, pc, block_id, n FROM insns_between($lo, $hi)
-        WHERE ($tid IS NULL OR tid = $tid) ORDER BY idx""", {"lo": lo, "hi": hi, "tid": tid}).rows
+    return trace.instructions(lo, hi, tid).rows
 
 
 def window_mem(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
     """(idx, addr, size, is_write, value) of each access at positions [lo, hi), in order."""
-    return trace.sql("""
-        SELECT idx, addr, size, is_write, value FROM mem
-        WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid) ORDER BY idx""",
-        {"lo": lo, "hi": hi, "tid": tid}).rows
+    rows = trace.store_rows("mem", lo, hi, ["idx", "addr", "size", "is_write", "value"], tid)
+    return list(zip(*(rows[c].to_pylist() for c in rows.column_names)))
 
 
 def _window(trace, disasm: Disassembler, changes: RegisterChanges, lo: int, hi: int,

@@ -212,6 +212,16 @@ calls = Table(
 NEVER = (1 << 64) - 1       # the largest position: "no bound"
 KEY_REACH = SEGMENT_BLOCKS * MAX_BLOCK_INSNS + MAX_BLOCK_INSNS - 1  # 524,799
 
+def insns_select(exec_rows: str, lo: str, hi: str) -> str:
+    """The executed instructions at positions [lo, hi) of the relation
+    `exec_rows` (exec or rows of it): a block's instructions follow its exec
+    row, which starts at most MAX_BLOCK_INSNS - 1 before lo."""
+    return f"""SELECT e.idx + bi.n AS idx, e.tid, bi.pc, bi.size, e.block_id, bi.n
+        FROM {exec_rows} e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
+        WHERE e.idx >= greatest({lo}::UBIGINT, {MAX_BLOCK_INSNS}) - {MAX_BLOCK_INSNS} AND e.idx < {hi}::UBIGINT
+          AND e.idx + bi.n >= {lo}::UBIGINT AND e.idx + bi.n < {hi}::UBIGINT"""
+
+
 # SQL pieces that several queries share, as DuckDB macros (temporary, made on
 # every connection before the views).
 MACROS = {
@@ -224,13 +234,8 @@ MACROS = {
     # positions of thread states before `at` that a register keyframe can be
     # (a segment's first block starts at most SEGMENT_BLOCKS blocks back)
     "keyframe_reach": f"(pos, here) AS pos <= here::UBIGINT AND pos >= greatest(here::UBIGINT, {KEY_REACH}) - {KEY_REACH}",
-    # the executed instructions at positions [lo, hi): a block's instructions
-    # follow its exec row, which starts at most MAX_BLOCK_INSNS - 1 before lo
-    "insns_between": f"""(lo, hi) AS TABLE
-        SELECT e.idx + bi.n AS idx, e.tid, bi.pc, bi.size, e.block_id, bi.n
-        FROM exec e JOIN block_insns bi ON bi.block_id = e.block_id AND bi.n < e.icount
-        WHERE e.idx >= greatest(lo::UBIGINT, {MAX_BLOCK_INSNS}) - {MAX_BLOCK_INSNS} AND e.idx < hi::UBIGINT
-          AND e.idx + bi.n >= lo::UBIGINT AND e.idx + bi.n < hi::UBIGINT""",
+    # the executed instructions at positions [lo, hi)
+    "insns_between": f"(lo, hi) AS TABLE {insns_select('exec', 'lo', 'hi')}",
 }
 
 VIEWS = {

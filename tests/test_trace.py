@@ -85,3 +85,24 @@ def test_trace_without_index_says_how_to_build_it(tmp_path, recorded):
     (copy / "meta.json").write_bytes((trace / "meta.json").read_bytes())
     with pytest.raises(CannoliError, match="no index yet"):
         Trace.open(copy)
+
+
+def test_store_rows_and_instructions_equal_duckdb_reading_the_store(recorded):
+    # the row-group path (parts index, pyarrow, kept row groups) against DuckDB's
+    # own Parquet reader over the same files, on interleaved threads, in windows
+    # that start inside blocks and cross chunk boundaries
+    trace, _, _ = recorded("threads", "3", "2000")
+    with Trace.open(trace) as t:
+        end = t.end
+        for lo, hi, tid in [(0, end, None), (end // 3 + 1, end // 3 + 5000, None), (7, end // 2, 2),
+                            (end - 3, end + 10, None)]:
+            got = t.store_rows("mem", lo, hi, ["idx", "addr", "size", "is_write", "value"], tid)
+            want = t.sql("SELECT idx, addr, size, is_write, value FROM mem WHERE idx >= $lo AND idx < $hi "
+                         "AND ($tid IS NULL OR tid = $tid) ORDER BY idx, addr, is_write",
+                         {"lo": lo, "hi": hi, "tid": tid}).rows
+            rows = sorted(zip(*(got[c].to_pylist() for c in got.column_names)), key=lambda r: (r[0], r[1], r[3]))
+            assert rows == want and got["idx"].to_pylist() == sorted(got["idx"].to_pylist())
+            want_insns = t.sql("SELECT idx, tid, pc, block_id, n FROM insns WHERE idx >= $lo AND idx < $hi "
+                               "AND ($tid IS NULL OR tid = $tid) ORDER BY idx", {"lo": lo, "hi": hi, "tid": tid}).rows
+            assert t.instructions(lo, hi, tid).rows == want_insns
+        assert len(want_insns) > 0

@@ -146,8 +146,8 @@ class History:
         """(tid, pc) of the instruction at position idx, or None outside 0 .. end - 1."""
         if not 0 <= idx < self.end:
             return None
-        rows = self.trace.sql("SELECT tid, pc FROM insns_between($at, $at + 1)", {"at": idx}).rows
-        return rows[0] if rows else None
+        rows = self.trace.instructions(idx, idx + 1).rows
+        return rows[0][1:3] if rows else None
 
     def next_in_thread(self, tid: int, at: int) -> int | None:
         """The first position >= at that thread tid runs, or None if it runs none (its last

@@ -44,10 +44,10 @@ class Parts:
         _, starts = self._file(table, part)
         g0 = int(np.searchsorted(starts, first, side="right")) - 1
         g1 = int(np.searchsorted(starts, last, side="right")) - 1
-        data = pa.concat_tables([self._group(table, part, g, columns) for g in range(g0, g1 + 1)])
+        data = pa.concat_tables([self.group(table, part, g, columns) for g in range(g0, g1 + 1)])
         return data.slice(first - int(starts[g0]), last - first + 1)
 
-    def _group(self, table: str, part: int, group: int, columns: list[str]) -> pa.Table:
+    def group(self, table: str, part: int, group: int, columns: list[str]) -> pa.Table:
         # a question reads neighbouring packets, which often share row groups
         key = (table, part, group, tuple(columns))
         hit = self._groups.get(key)

@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from .. import format as F
 from .. import hex_columns, schema, store, tracedir
@@ -238,18 +240,51 @@ class Trace:
     def damaged(self, exc: Exception) -> str:
         return tracedir.damaged(self.path, exc)
 
+    def store_rows(self, table: str, lo: int, hi: int, columns: Sequence[str],
+                   tid: int | None = None) -> pa.Table:
+        """The rows of a store table (exec, mem, regs) at positions [lo, hi), of
+        one thread or all, in position order (a position's rows in the order
+        recorded).  Reads only the row groups whose positions meet the range
+        (the `parts` index) and keeps them decoded for the next call: a step
+        through the trace costs no scan."""
+        groups = self._con.execute(
+            "SELECT part, row_group FROM parts WHERE tbl = $tbl AND idx_max >= $lo AND idx_min < $hi "
+            "ORDER BY part, row_group", {"tbl": table, "lo": lo, "hi": hi}).fetchall()
+        wanted = list(dict.fromkeys(["idx", "tid", *columns]))
+        if not groups:
+            return pa.table({c: pa.array([], pa.uint64()) for c in wanted}).select(list(columns))
+        data = pa.concat_tables([self.parts.group(table, part, g, wanted) for part, g in groups])
+        keep = pc.and_(pc.greater_equal(data["idx"], lo), pc.less(data["idx"], hi))
+        if tid is not None:
+            keep = pc.and_(keep, pc.equal(data["tid"], tid))
+        return data.filter(keep).sort_by("idx").select(list(columns))
+
+    def instructions(self, lo: int, hi: int, tid: int | None = None) -> Rows:
+        """(idx, tid, pc, block_id, n) of each instruction at positions [lo, hi),
+        in order: the `insns` view's rows, read through store_rows."""
+        blocks = self.store_rows("exec", max(lo, F.MAX_BLOCK_INSNS) - F.MAX_BLOCK_INSNS, hi,
+                                 ["idx", "tid", "block_id", "icount"], tid)
+        return self.sql_over({"exec_window": blocks}, f"""
+            SELECT idx, tid, pc, block_id, n FROM ({schema.insns_select('exec_window', '$lo', '$hi')})
+            ORDER BY idx""", {"lo": lo, "hi": hi})
+
     def query(self, name: str, **params) -> Rows:
         """Run a named query (see `cannoli query --list`); parameters as text or numbers."""
         named = named_queries.lookup(name)
         bound = named.bind({k: str(v) for k, v in params.items()}, self.address)
         if not named.window:
             return self.sql(named.sql, bound)
-        mem_window = self._window(named.window, bound)  # noqa: F841 (the query reads it by name)
-        self._con.register("mem_window", mem_window)
+        return self.sql_over({"mem_window": self._window(named.window, bound)}, named.sql, bound)
+
+    def sql_over(self, relations: Mapping, query: str, params: Sequence | Mapping | None = None) -> Rows:
+        """sql() with Arrow tables (or DataFrames) readable by name for this one query."""
+        for name, data in relations.items():
+            self._con.register(name, data)
         try:
-            return self.sql(named.sql, bound)
+            return self.sql(query, params)
         finally:
-            self._con.unregister("mem_window")
+            for name in relations:
+                self._con.unregister(name)
 
     def _window(self, kind: str, p: dict):
         """The accesses a memory query needs (query/window.py), by the query's `window:` header."""
@@ -390,10 +425,10 @@ class Trace:
     def _last_instruction(self, idx: int, tid: int | None) -> tuple[int, int, int]:
         """(position, thread, pc) of the instruction at idx, or of thread tid's latest one at or before idx."""
         if tid is None:
-            rows = self.sql("SELECT idx, tid, pc FROM insns_between($at, $at + 1)", {"at": idx}).rows
+            rows = self.instructions(idx, idx + 1).rows
             if not rows:
                 raise CannoliError(f"no instruction ran at position {idx}")
-            return rows[0]
+            return rows[0][:3]
         window = 1 << 16
         while True:
             # exec is stored about in position order: a window of positions reads few row groups
