@@ -29,7 +29,7 @@ from pathlib import Path
 import duckdb
 
 from . import arch as guest_arch
-from . import schema, tracedir
+from . import schema
 from .errors import CannoliError
 from .query.database import connect
 from .reexec import RegisterChanges
@@ -48,6 +48,11 @@ KINDS = ("parquet", "drcov", "tenet")
 def export(kind: str, trace: Path, out: Path, tid: int | None = None) -> str:
     """Export the trace at `trace` as `kind` (KINDS) to `out` (tenet: thread `tid`, default the
     first); returns what was written, e.g. "12 tables, 1,234 rows"."""
+    from .query import Trace
+
+    # refused as Trace.open refuses (no index yet, an index of another
+    # version) before anything is written
+    Trace.open(trace).close()
     if kind == "parquet":
         rows = export_parquet(trace, out)
         return f"{len(rows)} tables, {sum(rows.values()):,} rows"
@@ -55,17 +60,12 @@ def export(kind: str, trace: Path, out: Path, tid: int | None = None) -> str:
         modules, blocks = export_drcov(trace, out)
         return f"{modules} modules, {blocks:,} blocks"
     if kind == "tenet":
-        from .query import Trace
-
         with Trace.open(trace) as t:
             return f"{export_tenet(t, out, tid):,} instructions"
     raise CannoliError(f"no export kind {kind!r}; the kinds are: {', '.join(KINDS)}")
 
 
 def _connect(trace: Path, out: Path) -> duckdb.DuckDBPyConnection:
-    if not (Path(trace) / tracedir.DB_NAME).exists():
-        tracedir.read_meta(trace)
-        raise CannoliError(f"{trace} has no index yet; build it with: cannoli index {trace}")
     return connect(trace, writable=(out if out.is_dir() else out.parent,))
 
 

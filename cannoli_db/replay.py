@@ -22,6 +22,7 @@ from . import arch as guest_arch
 from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
 from .hex_columns import INFO as HEX
+from .query.parts import tuples
 from .reexec import RegisterChanges
 
 WINDOW = 1 << 16
@@ -167,7 +168,7 @@ def window_insns(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
 def window_mem(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
     """(idx, addr, size, is_write, value) of each access at positions [lo, hi), in order."""
     rows = trace.store_rows("mem", lo, hi, ["idx", "addr", "size", "is_write", "value"], tid)
-    return list(zip(*(rows[c].to_pylist() for c in rows.column_names)))
+    return tuples(rows)
 
 
 def _window(trace, disasm: Disassembler, changes: RegisterChanges, lo: int, hi: int,

@@ -235,3 +235,20 @@ def test_export_usage_errors_are_one_line(recorded, tmp_path, args, message):
     proc = run_cannoli(*[a.format(trace=trace, out=tmp_path / "x") for a in args])
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("command", [["query", "{t}", "thread_summary"], ["export", "parquet", "{t}", "-o", "{o}"],
+                                     ["export", "drcov", "{t}", "-o", "{o}.drcov"]])
+def test_an_index_of_another_version_is_refused_by_every_reader(recorded, tmp_path, command):
+    import duckdb
+
+    trace, _, _ = recorded("known_stores")
+    old = tmp_path / "old.cannoli"
+    shutil.copytree(trace, old)
+    with duckdb.connect(str(old / "trace.duckdb")) as con:  # as an index of schema 3 says
+        con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    out = tmp_path / "out"
+    proc = run_cannoli(*(c.format(t=old, o=out) for c in command))
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "indexed by another version" in proc.stderr and f"cannoli index {old}" in proc.stderr
+    assert not out.exists() and not (tmp_path / "out.drcov").exists()

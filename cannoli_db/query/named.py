@@ -15,6 +15,11 @@ A memory query over an address range names its access path with `window:`
 (latest writes, latest accesses, earliest accesses, earliest reads): it then
 reads the relation `mem_window`, the accesses near `$addr`/`$size` that the
 store's address index finds (query/window.py), instead of scanning `mem`.
+`window: registers` gives a query of registers at a position `$at` the
+relations `here_window` (the instruction at `$at`: idx, tid, pc, block_id,
+n), `regs_window` and `regs_keys_window` (that thread's rows of `regs` and
+`regs_keys` within a keyframe's reach before `$at`), read through the store's
+`parts` index.
 
 Parameter types: `address` (hex, decimal, or `[module!]symbol[+offset]`,
 resolved against the trace), `integer` (decimal or 0x-hex) and `text`.  A
@@ -33,7 +38,7 @@ from typing import Callable
 from ..errors import CannoliError
 
 PARAM_TYPES = ("address", "integer", "text")
-WINDOWS = ("latest writes", "latest accesses", "earliest accesses", "earliest reads")
+WINDOWS = ("latest writes", "latest accesses", "earliest accesses", "earliest reads", "registers")
 _HEADER_LINE = re.compile(r"--\s?(\w+)(?:\s+(\w+))?:\s*(.*)$")
 _PARAM_SPEC = re.compile(r"(\w+)(?:\s*=\s*(\S+))?\s*(.*)$")
 

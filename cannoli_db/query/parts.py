@@ -63,3 +63,8 @@ class Parts:
     def row_groups(self, table: str, part: int, groups: list[int], columns: list[str]) -> pa.Table:
         f, _ = self._file(table, part)
         return f.read_row_groups(groups, columns=columns)
+
+
+def tuples(table: pa.Table) -> list[tuple]:
+    """A table's rows as tuples, in its column order."""
+    return list(zip(*(table[c].to_pylist() for c in table.column_names)))

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import ClassVar, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from .. import format as F
 from .. import hex_columns, schema, store, tracedir
@@ -171,11 +171,15 @@ class Memory:
         return {"addr": self.addr, "at": self.at, "bytes": list(self.values)}
 
 
+_HERE_SCHEMA = pa.schema([("idx", pa.uint64()), ("tid", pa.uint32()), ("pc", pa.uint64()), ("block_id", pa.uint32()),
+                          ("n", pa.uint16())])
+
+
 class Trace:
     def __init__(self, path: Path, con: duckdb.DuckDBPyConnection):
         self.path = Path(path)
         self._con = con
-        self.parts = Parts(self.path)
+        self.parts: Parts | None = Parts(self.path)
 
     @classmethod
     def open(cls, path) -> Trace:
@@ -194,7 +198,9 @@ class Trace:
         in an in-memory DuckDB, for sql and named queries."""
         from ..export import parquet_connection
 
-        return cls(folder, parquet_connection(folder))
+        trace = cls(folder, parquet_connection(folder))
+        trace.parts = None
+        return trace
 
     def check_version(self) -> None:
         """An index an older cannoli built is refused: its tables mean other things."""
@@ -247,17 +253,25 @@ class Trace:
         recorded).  Reads only the row groups whose positions meet the range
         (the `parts` index) and keeps them decoded for the next call: a step
         through the trace costs no scan."""
+        if self.parts is None:  # a Parquet export has no parts index: DuckDB filters its files
+            return self._con.execute(
+                f'SELECT {", ".join(columns)} FROM "{table}" WHERE idx >= $lo AND idx < $hi '
+                f"AND ($tid IS NULL OR tid = $tid) ORDER BY idx", {"lo": lo, "hi": hi, "tid": tid}).arrow()
         groups = self._con.execute(
             "SELECT part, row_group FROM parts WHERE tbl = $tbl AND idx_max >= $lo AND idx_min < $hi "
             "ORDER BY part, row_group", {"tbl": table, "lo": lo, "hi": hi}).fetchall()
         wanted = list(dict.fromkeys(["idx", "tid", *columns]))
         if not groups:
-            return pa.table({c: pa.array([], pa.uint64()) for c in wanted}).select(list(columns))
+            return store.SCHEMAS[table].empty_table().select(list(columns))
         data = pa.concat_tables([self.parts.group(table, part, g, wanted) for part, g in groups])
-        keep = pc.and_(pc.greater_equal(data["idx"], lo), pc.less(data["idx"], hi))
+        idx = data["idx"].to_numpy()
+        keep = (idx >= lo) & (idx < hi)
         if tid is not None:
-            keep = pc.and_(keep, pc.equal(data["tid"], tid))
-        return data.filter(keep).sort_by("idx").select(list(columns))
+            keep &= data["tid"].to_numpy() == tid
+        data, idx = data.filter(keep), idx[keep]
+        if len(idx) > 1 and not (idx[1:] >= idx[:-1]).all():  # threads' packets interleave
+            data = data.take(np.argsort(idx, kind="stable"))
+        return data.select(list(columns))
 
     def instructions(self, lo: int, hi: int, tid: int | None = None) -> Rows:
         """(idx, tid, pc, block_id, n) of each instruction at positions [lo, hi),
@@ -274,7 +288,18 @@ class Trace:
         bound = named.bind({k: str(v) for k, v in params.items()}, self.address)
         if not named.window:
             return self.sql(named.sql, bound)
+        if named.window == "registers":
+            return self.sql_over(self._register_window(bound["at"]), named.sql, bound)
         return self.sql_over({"mem_window": self._window(named.window, bound)}, named.sql, bound)
+
+    def _register_window(self, at: int) -> dict[str, pa.Table]:
+        """What `window: registers` queries read (query/named.py)."""
+        here = self.instructions(at, at + 1)
+        tid = here.rows[0][1] if here.rows else None
+        lo = max(at, schema.KEY_REACH) - schema.KEY_REACH
+        return {"here_window": pa.Table.from_pylist(here.dicts(), schema=_HERE_SCHEMA),
+                "regs_window": self.store_rows("regs", lo, at + 1, ["idx", "tid", "n", "value"], tid),
+                "regs_keys_window": self.store_rows("regs_keys", lo, at + 1, ["idx", "tid", "n", "value"], tid)}
 
     def sql_over(self, relations: Mapping, query: str, params: Sequence | Mapping | None = None) -> Rows:
         """sql() with Arrow tables (or DataFrames) readable by name for this one query."""

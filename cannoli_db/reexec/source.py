@@ -1,6 +1,7 @@
 """What re-execution reads from a trace: executions of blocks, their code, the
 recorded entry registers (as changes, docs/schema.md `regs`), and memory
-accesses -- all through `Trace.sql`, window by window, so memory stays bounded.
+accesses -- window by window through the store's `parts` index (`Trace.store_rows`),
+so memory stays bounded and a window reads only its row groups.
 
 `Executions` walks the block executions of a position window in order and
 keeps each thread's entry registers up to date from the `regs` changes; it is
@@ -15,6 +16,7 @@ from typing import Iterator
 
 from ..disasm import BLOCK_CODE_SQL
 from ..format import MAX_BLOCK_INSNS
+from ..query.parts import tuples
 from .emulator import Access, Code, Emulator
 
 
@@ -42,14 +44,13 @@ class Executions:
         """Executions in order of position: those with an instruction in [lo, hi) (covering), or
         those that start in [lo, hi).  entries=False: the caller has the entry registers (each
         Execution's entry is then empty)."""
-        params = {"lo": lo, "hi": hi, "tid": self.tid}
-        first = f"greatest($lo::UBIGINT, {MAX_BLOCK_INSNS}) - {MAX_BLOCK_INSNS}" if covering else "$lo"
-        rows = self.trace.sql(f"""
+        first = max(lo, MAX_BLOCK_INSNS) - MAX_BLOCK_INSNS if covering else lo
+        blocks = self.trace.store_rows("exec", first, hi, ["idx", "tid", "block_id", "icount"], self.tid)
+        rows = self.trace.sql_over({"exec_window": blocks}, """
             SELECT e.idx, e.tid, e.block_id, e.icount, e.icount = b.icount AND NOT b.is_twin
-            FROM exec e JOIN blocks b USING (block_id)
-            WHERE e.idx >= {first} AND e.idx < $hi AND ($tid IS NULL OR e.tid = $tid)
-              AND e.idx + e.icount > $lo
-            ORDER BY e.idx""", params).rows
+            FROM exec_window e JOIN blocks b USING (block_id)
+            WHERE e.idx + e.icount > $lo
+            ORDER BY e.idx""", {"lo": lo}).rows
         if not rows:
             return
         start = rows[0][0]
@@ -82,9 +83,8 @@ class Executions:
 
     def _changes(self, start: int, hi: int) -> dict[int, dict[str, int]]:
         out: dict[int, dict[str, int]] = {}
-        for idx, reg, value in self.trace.sql("""
-                SELECT idx, reg, value FROM regs WHERE idx >= $s AND idx < $hi AND ($tid IS NULL OR tid = $tid)""",
-                {"s": start, "hi": hi, "tid": self.tid}).rows:
+        rows = self.trace.store_rows("regs", start, hi, ["idx", "reg", "value"], self.tid)
+        for idx, reg, value in tuples(rows):
             out.setdefault(idx, {})[reg] = value
         return out
 
@@ -94,10 +94,8 @@ class Executions:
         (starts: sorted)."""
         out: dict[int, list[Access]] = {}
         k = 0
-        for idx, addr, size, is_write, value in self.trace.sql("""
-                SELECT idx, addr, size, is_write, value FROM mem
-                WHERE idx >= $s AND idx < $hi AND ($tid IS NULL OR tid = $tid) ORDER BY idx""",
-                {"s": starts[0], "hi": hi, "tid": self.tid}).rows:
+        rows = self.trace.store_rows("mem", starts[0], hi, ["idx", "addr", "size", "is_write", "value"], self.tid)
+        for idx, addr, size, is_write, value in tuples(rows):
             while k + 1 < len(starts) and starts[k + 1] <= idx:
                 k += 1
             out.setdefault(starts[k], []).append(Access(idx - starts[k], addr, size, is_write, value))

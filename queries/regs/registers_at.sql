@@ -8,28 +8,28 @@
 --   set_at: the block entry where that value was last recorded (a change, or
 --   the keyframe the thread's segment starts with).
 -- example: cannoli query app.cannoli registers_at -p at=120000
+-- window: registers
 --
 -- Registers are recorded at block entry as changes, and in full (a keyframe,
 -- table regs_keys) at the first block of every ordering segment.  A segment
 -- holds at most 1024 blocks of at most 512 instructions, in consecutive
 -- positions, so the keyframe lies at most 2^19 positions before the block:
--- both lookups read only the row groups of that window.
+-- `window: registers` hands this query the thread's rows of that reach
+-- (here_window, regs_window, regs_keys_window; query/named.py).
 WITH here AS (
-    SELECT idx - n AS block_start, tid, block_id, pc FROM insns_between($at, $at + 1)
+    SELECT idx - n AS block_start, tid, block_id, pc FROM here_window
 ),
 keyframe AS (
     SELECT here.tid, here.block_start, max(k.idx) AS key_idx
-    FROM here JOIN regs_keys k ON k.tid = here.tid AND k.idx <= here.block_start
+    FROM here JOIN regs_keys_window k ON k.tid = here.tid AND k.idx <= here.block_start
     WHERE keyframe_reach(k.idx, $at)
     GROUP BY ALL
 ),
 recorded AS (
-    SELECT k.n, k.value, k.idx FROM keyframe f JOIN regs_keys k ON k.tid = f.tid AND k.idx = f.key_idx
-    WHERE keyframe_reach(k.idx, $at)
+    SELECT k.n, k.value, k.idx FROM keyframe f JOIN regs_keys_window k ON k.tid = f.tid AND k.idx = f.key_idx
     UNION ALL
-    SELECT r.n, r.value, r.idx FROM keyframe f JOIN regs r ON r.tid = f.tid AND r.idx > f.key_idx
+    SELECT r.n, r.value, r.idx FROM keyframe f JOIN regs_window r ON r.tid = f.tid AND r.idx > f.key_idx
         AND r.idx <= f.block_start
-    WHERE keyframe_reach(r.idx, $at)
 ),
 latest AS (
     SELECT f.tid, c.n, rn.reg, arg_max(c.value, c.idx) AS value, f.block_start, max(c.idx) AS set_at
