@@ -254,9 +254,9 @@ class Trace:
         (the `parts` index) and keeps them decoded for the next call: a step
         through the trace costs no scan."""
         if self.parts is None:  # a Parquet export has no parts index: DuckDB filters its files
-            return self._con.execute(
+            return self._con.sql(
                 f'SELECT {", ".join(columns)} FROM "{table}" WHERE idx >= $lo AND idx < $hi '
-                f"AND ($tid IS NULL OR tid = $tid) ORDER BY idx", {"lo": lo, "hi": hi, "tid": tid}).arrow()
+                f"AND ($tid IS NULL OR tid = $tid) ORDER BY idx", params={"lo": lo, "hi": hi, "tid": tid}).to_arrow_table()
         groups = self._con.execute(
             "SELECT part, row_group FROM parts WHERE tbl = $tbl AND idx_max >= $lo AND idx_min < $hi "
             "ORDER BY part, row_group", {"tbl": table, "lo": lo, "hi": hi}).fetchall()
