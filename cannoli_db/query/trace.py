@@ -295,11 +295,18 @@ class Trace:
     def _register_window(self, at: int) -> dict[str, pa.Table]:
         """What `window: registers` queries read (query/named.py)."""
         here = self.instructions(at, at + 1)
-        tid = here.rows[0][1] if here.rows else None
+        tid, block_start = (here.rows[0][1], at - here.rows[0][4]) if here.rows else (None, at)
         lo = max(at, schema.KEY_REACH) - schema.KEY_REACH
+        keys = self.store_rows("regs_keys", lo, at + 1, ["idx", "tid", "n", "value"], tid)
+        # the query starts from the latest keyframe at or before the block: the
+        # changes before it are not read (a segment is often a few thousand
+        # positions, the reach 2^19)
+        key_idx = keys["idx"].to_numpy()
+        key_idx = key_idx[key_idx <= block_start]
+        changes_from = int(key_idx.max()) if len(key_idx) else lo
         return {"here_window": pa.Table.from_pylist(here.dicts(), schema=_HERE_SCHEMA),
-                "regs_window": self.store_rows("regs", lo, at + 1, ["idx", "tid", "n", "value"], tid),
-                "regs_keys_window": self.store_rows("regs_keys", lo, at + 1, ["idx", "tid", "n", "value"], tid)}
+                "regs_window": self.store_rows("regs", changes_from, at + 1, ["idx", "tid", "n", "value"], tid),
+                "regs_keys_window": keys}
 
     def sql_over(self, relations: Mapping, query: str, params: Sequence | Mapping | None = None) -> Rows:
         """sql() with Arrow tables (or DataFrames) readable by name for this one query."""
