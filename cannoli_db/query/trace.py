@@ -320,6 +320,9 @@ class Trace:
 
     def _window(self, kind: str, p: dict):
         """The accesses a memory query needs (query/window.py), by the query's `window:` header."""
+        if self.parts is None:
+            raise CannoliError(f"{self.path} is a Parquet export, which has no address index: ask the trace "
+                               f"directory itself (or use SQL over mem)")
         lo = p["addr"]
         hi = lo + p.get("size", 1) - 1
         if kind == "latest writes":
