@@ -338,3 +338,17 @@ def test_aarch64_register_names_map_to_the_register_they_are_part_of(name):
         assert canonical == {"fp": "x29", "lr": "x30"}[name]
     else:
         assert canonical not in ARCHES["aarch64"].regs  # vector, system and zero registers stay apart
+
+
+def test_two_traces_in_one_process_keep_their_own_blocks(recorded10):
+    # block ids are per trace: re-executing one trace's blocks must not reuse
+    # another's decoded code that has the same ids (the suite once ran the
+    # `registers` trace first and this one then re-executed the wrong code)
+    _, other, _ = recorded10("x86_64", "registers")
+    program, trace, stdout = recorded10("x86_64", "reexec")
+    seed, mid, _ = (int(word, 16) for word in stdout.split())
+    with Trace.open(other) as o, Trace.open(trace) as t:
+        for _ in o.replay(0, o.end):  # re-executes every block of the other trace
+            pass
+        pc, _ = symbol(program, "chain_mid")
+        assert t.registers_at(position_of(t, pc))[RESULT_REG["x86_64"]] == mid

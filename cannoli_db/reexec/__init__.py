@@ -17,20 +17,24 @@ One emulator per architecture and process is kept (`emulator_for`).
 
 from __future__ import annotations
 
+import weakref
+
 from .. import arch as guest_arch
 from ..errors import CannoliError
 from .arches import arch
 from .emulator import Access, Emulator
 from .source import Executions
 
-_EMULATORS: dict[str, Emulator] = {}
+# one per open trace: an emulator keeps decoded blocks by the trace's block ids,
+# which another trace numbers differently
+_EMULATORS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def emulator_for(trace) -> Emulator:
-    name = guest_arch.of_meta(trace.meta, trace.path).name
-    if name not in _EMULATORS:
-        _EMULATORS[name] = Emulator(arch(name))
-    return _EMULATORS[name]
+    emulator = _EMULATORS.get(trace)
+    if emulator is None:
+        emulator = _EMULATORS[trace] = Emulator(arch(guest_arch.of_meta(trace.meta, trace.path).name))
+    return emulator
 
 
 def registers_at(trace, idx: int) -> dict[str, int]:
