@@ -3,6 +3,7 @@ it with the real CLI, and measuring a child process."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -57,3 +58,18 @@ def qemu10_build():
     if found is None:
         sys.exit("no QEMU 10 build: run `cannoli setup-qemu` first")
     return found
+
+
+def timed(label: str, cmd: list[str], trace: Path | None = None) -> tuple[float, dict | None]:
+    """Wall seconds of `cmd`; when it records `trace`, also that recording's
+    meta.json (and the trace is removed: the benchmarks keep figures, not traces)."""
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        sys.exit(f"{label} failed: {proc.stderr.decode(errors='replace').strip()[-400:]}")
+    if trace is None:
+        return elapsed, None
+    meta = json.loads((trace / "meta.json").read_text())
+    shutil.rmtree(trace, ignore_errors=True)
+    return elapsed, meta

@@ -24,14 +24,11 @@ Run from the repository root (about four minutes on 2 cores for two workloads)::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from harness import CANNOLI, WORKLOADS, build, qemu10_build, scratch
+from harness import CANNOLI, WORKLOADS, build, qemu10_build, scratch, timed
 from rich.console import Console
 from rich.table import Table
 
@@ -51,20 +48,9 @@ MODES = {
 def run_mode(mode: str, exe: Path, qemus: dict[str, str], trace: Path) -> tuple[float, dict | None]:
     version, options = MODES[mode]
     if options is None:
-        argv = [qemus[version], str(exe)]
-    else:
-        argv = [*CANNOLI, "record", "--no-index", "--force", "--qemu", qemus[version], *options,
-                "-o", str(trace), str(exe)]
-    start = time.perf_counter()
-    proc = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{mode} failed: {proc.stderr.decode(errors='replace').strip()[-400:]}")
-    if options is None:
-        return elapsed, None
-    meta = json.loads((trace / "meta.json").read_text())
-    shutil.rmtree(trace, ignore_errors=True)
-    return elapsed, meta
+        return timed(mode, [qemus[version], str(exe)])
+    return timed(mode, [*CANNOLI, "record", "--no-index", "--force", "--qemu", qemus[version], *options,
+                        "-o", str(trace), str(exe)], trace)
 
 
 def measure(name: str, work: Path, qemus: dict[str, str], repeat: int, console: Console):

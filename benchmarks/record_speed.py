@@ -28,15 +28,11 @@ Run from the repository root (about ten minutes on 2 cores for xz alone)::
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-from harness import CANNOLI, WORKLOADS, build, qemu10_build, scratch
+from harness import CANNOLI, WORKLOADS, build, qemu10_build, scratch, timed
 from rich.console import Console
 from rich.table import Table
 
@@ -70,19 +66,9 @@ def generated_text(path: Path, megabytes: float, seed: int = 15) -> Path:
 def run_mode(mode: str, argv: list[str], qemu_dir: str, trace: Path) -> tuple[float, dict | None]:
     options = MODES[mode]
     if options is None:
-        cmd = [str(Path(qemu_dir) / "qemu-x86_64"), *argv]
-    else:
-        cmd = [*CANNOLI, "record", "--no-index", "--force", "--qemu", qemu_dir, *options, "-o", str(trace), *argv]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"{mode} failed: {proc.stderr.decode(errors='replace').strip()[-400:]}")
-    if options is None:
-        return elapsed, None
-    meta = json.loads((trace / "meta.json").read_text())
-    shutil.rmtree(trace, ignore_errors=True)
-    return elapsed, meta
+        return timed(mode, [str(Path(qemu_dir) / "qemu-x86_64"), *argv])
+    return timed(mode, [*CANNOLI, "record", "--no-index", "--force", "--qemu", qemu_dir, *options,
+                        "-o", str(trace), *argv], trace)
 
 
 def measure(name: str, argv: list[str], qemu_dir: str, repeat: int, work: Path, console: Console):
