@@ -27,7 +27,6 @@ QEMU logs run the same guest code), lackey's own count for valgrind.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import shutil
 import subprocess
@@ -36,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-from harness import CANNOLI, qemu10_build, scratch
+from harness import CANNOLI, qemu10_build, scratch, timed
 from record_speed import XZ, generated_text
 from rich.console import Console
 from rich.table import Table
@@ -83,15 +82,9 @@ def build_execlog(source: Path, header_dir: Path, work: Path) -> Path:
 
 def record_row(qemu: str, options: list[str], argv: list[str], trace: Path) -> tuple[float, int, int]:
     """(wall, instructions, bytes on disk) of one `cannoli record`."""
-    start = time.perf_counter()
-    proc = subprocess.run([*CANNOLI, "record", "--no-index", "--force", "--qemu", qemu, *options,
-                           "-o", str(trace), *argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        sys.exit(f"cannoli record failed: {proc.stderr.decode(errors='replace').strip()[-400:]}")
-    counts = json.loads((trace / "meta.json").read_text())["counts"]
-    shutil.rmtree(trace, ignore_errors=True)
-    return wall, counts["instructions"], counts["bytes_on_disk"]
+    wall, meta = timed("cannoli record", [*CANNOLI, "record", "--no-index", "--force", "--qemu", qemu, *options,
+                                          "-o", str(trace), *argv], trace)
+    return wall, meta["counts"]["instructions"], meta["counts"]["bytes_on_disk"]
 
 
 def lackey_instructions(tail: bytes) -> int:

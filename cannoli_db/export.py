@@ -33,7 +33,7 @@ from . import schema
 from .errors import CannoliError
 from .query.database import connect
 from .reexec import RegisterChanges
-from .replay import check_range, window_insns, window_mem
+from .replay import check_range, window_mem
 
 WINDOW = 1 << 20  # positions per Tenet window
 
@@ -172,7 +172,7 @@ def export_tenet(trace, out: Path, tid: int | None = None) -> int:
             changed = {idx: "".join(f"{name}={value:#x}," for name, value in regs)
                        for idx, regs in changes.window(lo, hi).items()}
             lines = [f"{changed.get(idx, '')}{register}={pc:#x}{accesses.get(idx, '')}\n"
-                     for idx, _, pc, _, _ in window_insns(trace, lo, hi, tid)]
+                     for idx, _, pc, _, _ in trace.instructions(lo, hi, tid).rows]
             f.writelines(lines)
             written += len(lines)
     os.replace(tmp, out)

@@ -160,11 +160,6 @@ def _steps(trace, disasm: Disassembler, start: int, end: int, tid: int | None) -
         lo, size = hi, min(WINDOW, size * 4)
 
 
-def window_insns(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
-    """(idx, tid, pc, block_id, n) of each instruction at positions [lo, hi), in order."""
-    return trace.instructions(lo, hi, tid).rows
-
-
 def window_mem(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
     """(idx, addr, size, is_write, value) of each access at positions [lo, hi), in order."""
     rows = trace.store_rows("mem", lo, hi, ["idx", "addr", "size", "is_write", "value"], tid)
@@ -174,7 +169,7 @@ def window_mem(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
 def _window(trace, disasm: Disassembler, changes: RegisterChanges, lo: int, hi: int,
             tid: int | None) -> Iterator[Step]:
     params = {"lo": lo, "hi": hi, "tid": tid}
-    insns = window_insns(trace, lo, hi, tid)
+    insns = trace.instructions(lo, hi, tid).rows
     if not insns:
         return
     mem = _by_idx(window_mem(trace, lo, hi, tid))
