@@ -5,12 +5,14 @@ someone else.  Every length and count is checked against the format's limits
 before it is used, and each section is one numpy.frombuffer call: no Python
 loop per event.
 
-A version-3 chunk holds two zstd frames: the side frame (each packet's header
+A version 3-4 chunk holds two zstd frames: the side frame (each packet's header
 and its EVENT, BLOCK, INSN_SIZE, INSN_BYTES and BLOB sections) and the heavy
 frame (each packet's EXEC, MEM_* and REG_* sections, in the same packet order).
 Reading the side frame alone is enough for everything but the bulk rows; once
 those rows are in the Parquet store the heavy frame may be gone
 (CN_CHUNK_HEAVY_IN_STORE).  Versions 1-2 hold one frame of whole packets.
+Version 4's memory sections are decoded by the recorder's own C codec
+(cannoli_db/native/mem_codec.py); the other transforms are undone here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import zstandard
 
 from . import format as F
 from . import tracedir
+from .native import mem_codec
 
 
 class ChunkError(Exception):
@@ -62,7 +65,7 @@ class Packet:
     reg_value: np.ndarray   # uint64 (format 2+; empty in format 1)
     reg_info: np.ndarray    # uint32
     version: int = F.FORMAT_VERSION
-    counts: list = field(default_factory=list)  # records per section, as the header says
+    counts: list = field(default_factory=list)  # per section as the header says (records or bytes)
 
     @property
     def thread(self) -> tuple[int, int]:
@@ -78,12 +81,24 @@ _TRANSFORMED = (F.SEC_MEM_ADDR, F.SEC_MEM_VALUE, F.SEC_MEM_INFO, F.SEC_REG_VALUE
 _EMPTY = {s: np.zeros(0, np.dtype("u1") if s in _TRANSFORMED else F.SECTION_DTYPES[s]) for s in range(F.NSECTIONS)}
 
 
-def section_bytes(s: int, count: int) -> int:
-    # MEM_VALUE's count is its length in bytes (values are cut to their size)
-    return count if s == F.SEC_MEM_VALUE else count * F.SECTION_DTYPES[s].itemsize
+_MEM = (F.SEC_MEM_ADDR, F.SEC_MEM_VALUE, F.SEC_MEM_INFO)
+# Most bytes of each memory section in version 4 (control byte, low info bits
+# and link step in MEM_INFO; mem_codec.c)
+_MEM_V4_LIMIT = {F.SEC_MEM_ADDR: 8 * F.CAP_MEM, F.SEC_MEM_VALUE: 8 * F.CAP_MEM, F.SEC_MEM_INFO: 7 * F.CAP_MEM}
 
 
-def _section_limit(s: int) -> int:
+def _counts_bytes(s: int, version: int) -> bool:
+    """Whether section s's count is its length in bytes rather than records."""
+    return s == F.SEC_MEM_VALUE or (version >= 4 and s in _MEM)
+
+
+def section_bytes(s: int, count: int, version: int = F.FORMAT_VERSION) -> int:
+    return count if _counts_bytes(s, version) else count * F.SECTION_DTYPES[s].itemsize
+
+
+def _section_limit(s: int, version: int) -> int:
+    if version >= 4 and s in _MEM:
+        return _MEM_V4_LIMIT[s]
     return F.CAP_MEM * 8 if s == F.SEC_MEM_VALUE else F.SECTION_CAPACITY[s]
 
 
@@ -102,7 +117,12 @@ class PacketView:
             return _EMPTY[s]
         buf, offset = self.where[s]
         dtype = np.dtype("u1") if s in _TRANSFORMED else F.SECTION_DTYPES[s]
-        return np.frombuffer(buf, dtype, section_bytes(s, self.counts[s]) // dtype.itemsize, offset)
+        return np.frombuffer(buf, dtype, section_bytes(s, self.counts[s], self.version) // dtype.itemsize, offset)
+
+    @property
+    def n_mem(self) -> int:
+        """Memory accesses of the packet, whether or not its heavy sections were read."""
+        return int(self.header["n_mem"]) if self.version >= 4 else self.counts[F.SEC_MEM_ADDR]
 
     @property
     def stream(self) -> int:
@@ -134,19 +154,22 @@ def _check_header(buf, pos: int, chunk: str) -> tuple[np.void, int, list[int]]:
     # a version-1 packet is a version-2 one without registers
     counts = [int(c) for c in h["count"]] + [0] * (F.NSECTIONS - len(h["count"]))
     for s, count in enumerate(counts):
-        if count > _section_limit(s):
-            raise ChunkError(chunk, f"packet claims {count} {F.SECTION_NAMES[s]} records (limit {_section_limit(s)})")
-    if counts[F.SEC_MEM_ADDR] != counts[F.SEC_MEM_INFO]:
+        if count > _section_limit(s, version):
+            unit = "bytes of" if _counts_bytes(s, version) else "records in"
+            raise ChunkError(chunk, f"packet claims {count} {unit} {F.SECTION_NAMES[s]} (limit {_section_limit(s, version)})")
+    if version >= 4 and int(h["n_mem"]) > F.CAP_MEM:
+        raise ChunkError(chunk, f"packet claims {int(h['n_mem'])} memory accesses (limit {F.CAP_MEM})")
+    if version < 4 and counts[F.SEC_MEM_ADDR] != counts[F.SEC_MEM_INFO]:
         raise ChunkError(chunk, "memory sections disagree on their length")
     if counts[F.SEC_REG_VALUE] != counts[F.SEC_REG_INFO]:
         raise ChunkError(chunk, "register sections disagree on their length")
     return h, version, counts
 
 
-def _place(buf, pos: int, sections, counts: list[int], where: dict, chunk: str) -> int:
+def _place(buf, pos: int, sections, counts: list[int], version: int, where: dict, chunk: str) -> int:
     """Record where each of `sections` lies from pos on; returns the end."""
     for s in sections:
-        nbytes = section_bytes(s, counts[s])
+        nbytes = section_bytes(s, counts[s], version)
         if pos + nbytes > len(buf):
             raise ChunkError(chunk, f"truncated {F.SECTION_NAMES[s]} section")
         where[s] = (buf, pos)
@@ -159,26 +182,26 @@ def view_packet(buf, pos: int, chunk: str = "?") -> tuple[PacketView, int]:
     every section in order); returns the view and the end of the packet."""
     h, version, counts = _check_header(buf, pos, chunk)
     where: dict = {}
-    end = _place(buf, pos + h.dtype.itemsize, range(F.NSECTIONS), counts, where, chunk)
+    end = _place(buf, pos + h.dtype.itemsize, range(F.NSECTIONS), counts, version, where, chunk)
     return PacketView(h, counts, version, where), end
 
 
 def split_view(side, pos: int, heavy, heavy_pos: int, chunk: str = "?") -> tuple[PacketView, int, int]:
-    """One version-3 packet: header and side sections at side[pos:], heavy
+    """One version 3-4 packet: header and side sections at side[pos:], heavy
     sections at heavy[heavy_pos:] (heavy None: not read).  Returns the view and
     where the next packet starts in each buffer."""
     h, version, counts = _check_header(side, pos, chunk)
-    if version != 3:
-        raise ChunkError(chunk, f"a version-{version} packet in a version-3 chunk")
+    if version < 3:
+        raise ChunkError(chunk, f"a version-{version} packet in a two-frame chunk")
     where: dict = {}
-    pos = _place(side, pos + h.dtype.itemsize, F.SIDE, counts, where, chunk)
+    pos = _place(side, pos + h.dtype.itemsize, F.SIDE, counts, version, where, chunk)
     if heavy is not None:
-        heavy_pos = _place(heavy, heavy_pos, F.HEAVY, counts, where, chunk)
+        heavy_pos = _place(heavy, heavy_pos, F.HEAVY, counts, version, where, chunk)
     return PacketView(h, counts, version, where), pos, heavy_pos
 
 
 def split_views(side, heavy, chunk: str = "?") -> list[PacketView]:
-    """Views of a version-3 chunk's packets: headers and side sections in `side`,
+    """Views of a version 3-4 chunk's packets: headers and side sections in `side`,
     heavy sections in `heavy` (None: not read)."""
     views, pos, heavy_pos = [], 0, 0
     while pos < len(side):
@@ -238,14 +261,28 @@ def _decode_registers(view: PacketView, chunk: str) -> tuple[np.ndarray, np.ndar
     return info, values
 
 
+_NO_MEM = (np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros(0, np.uint32))
+
+
+def _decode_mem(view: PacketView, chunk: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Addresses, values and info words with the on-disk transforms undone."""
+    if view.version >= 4:
+        try:
+            return mem_codec.decode(view.section(F.SEC_MEM_ADDR), view.section(F.SEC_MEM_VALUE),
+                                    view.section(F.SEC_MEM_INFO), view.n_mem, view.section(F.SEC_EXEC))
+        except mem_codec.MemCodecError as exc:
+            raise ChunkError(chunk, str(exc)) from None
+    n = view.n_mem
+    addr = np.cumsum(_unplane(view.section(F.SEC_MEM_ADDR), n, "<u8"), dtype=np.uint64)
+    info = np.cumsum(_unplane(view.section(F.SEC_MEM_INFO), n, "<u4"), dtype=np.uint32)
+    return addr, _decode_values(view.section(F.SEC_MEM_VALUE), info, chunk), info
+
+
 def decode_packet(view: PacketView, chunk: str = "?", with_mem: bool = True) -> Packet:
     """The packet with its transforms undone.  with_mem=False leaves the memory
     sections empty; sections the view did not read (a heavy frame left out)
     come back empty too."""
-    n_mem = len(view.section(F.SEC_MEM_INFO)) // 4 if with_mem else 0
-    addr = np.cumsum(_unplane(view.section(F.SEC_MEM_ADDR)[: 8 * n_mem], n_mem, "<u8"), dtype=np.uint64)
-    info = np.cumsum(_unplane(view.section(F.SEC_MEM_INFO)[: 4 * n_mem], n_mem, "<u4"), dtype=np.uint32)
-    values = view.section(F.SEC_MEM_VALUE) if with_mem else np.zeros(0, np.uint8)
+    addr, value, info = _decode_mem(view, chunk) if with_mem and F.SEC_MEM_INFO in view.where else _NO_MEM
     reg_info, reg_value = _decode_registers(view, chunk)
     h = view.header
     return Packet(
@@ -261,7 +298,7 @@ def decode_packet(view: PacketView, chunk: str = "?", with_mem: bool = True) -> 
         cur_accessed=int(h["cur_accessed"]),
         exec=view.section(F.SEC_EXEC),
         mem_addr=addr,
-        mem_value=_decode_values(values, info, chunk),
+        mem_value=value,
         mem_info=info,
         events=view.section(F.SEC_EVENT),
         blocks=view.section(F.SEC_BLOCK),

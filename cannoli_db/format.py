@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-FORMAT_VERSION = 3
-# Versions a reader accepts: 2 has seq-ordered segments and one frame per chunk,
-# 1 also lacks the two REG sections (a 9-count packet header).
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+# Versions a reader accepts: 3 stores memory accesses as deltas in byte planes,
+# 2 also has seq-ordered segments and one frame per chunk, 1 also lacks the two
+# REG sections (a 9-count packet header).
+READABLE_VERSIONS = (1, 2, 3, 4)
+# Versions the indexer accepts (from 3 on, positions are drawn while recording).
+INDEXABLE_VERSIONS = (3, 4)
 
 CHUNK_MAGIC = b"CNDBCHNK"
 PACKET_MAGIC = b"CNDBPAKT"
@@ -57,6 +60,20 @@ MEMINFO_BIGENDIAN = 1 << 4
 MEMINFO_INSN_SHIFT = 5
 MEMINFO_INSN_MASK = 0x1FF
 MEMINFO_LINK_SHIFT = 14
+MEMINFO_LOW_MASK = 0x3FFF
+
+# Memory sections on disk, version 4 (cannoli_format.h; qemu_patches/mem_codec.c).
+MEM_SLOT_BITS = 16
+MEM_SLOT_MUL_BLOCK = 0x9E3779B1
+MEMCTL_ADDR_SHIFT = 0
+MEMCTL_ADDR_MASK = 0x3
+MEMCTL_VALUE_SHIFT = 2
+MEMCTL_VALUE_MASK = 0x7
+MEMCTL_INFO_EXPLICIT = 1 << 5
+MEMCTL_LINK_SHIFT = 6
+MEMCTL_LINK_EXPLICIT = 3
+MEMCTL_ADDR_WIDTHS = 0x08030100
+MEMCTL_VALUE_WIDTHS = 0x0806050403020100
 
 REGINFO_NUMBER_MASK = 0xFF
 REGINFO_LINK_SHIFT = 8
@@ -126,7 +143,7 @@ LINE_DTYPE = np.dtype(
 )
 
 
-def _packet_header_dtype(nsections: int) -> np.dtype:
+def _packet_header_dtype(nsections: int, n_mem: bool = False) -> np.dtype:
     return np.dtype(
         [
             ("magic", "S8"),
@@ -143,15 +160,16 @@ def _packet_header_dtype(nsections: int) -> np.dtype:
             ("cur_accessed", "<u4"),
             ("stream", "<u4"),      # versions 1-2: reserved, 0
             ("seg_insns", "<u8"),   # versions 1-2: reserved, 0
+            *([("n_mem", "<u4"), ("reserved", "<u4")] if n_mem else []),  # version 4
         ],
         align=True,
     )
 
 
-PACKET_HEADER_DTYPE = _packet_header_dtype(NSECTIONS)
+PACKET_HEADER_DTYPE = _packet_header_dtype(NSECTIONS, n_mem=True)
 # The packet header of each readable format version.
 PACKET_HEADER_DTYPES = {1: _packet_header_dtype(NSECTIONS_V1), 2: _packet_header_dtype(NSECTIONS_V2),
-                        3: PACKET_HEADER_DTYPE}
+                        3: _packet_header_dtype(NSECTIONS), 4: PACKET_HEADER_DTYPE}
 
 CHUNK_HEADER_DTYPE = np.dtype(
     [

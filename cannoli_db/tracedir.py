@@ -67,8 +67,8 @@ def recording_problem(meta: dict) -> str | None:
 
 def older_format(trace: Path, version: int) -> str:
     """Why a trace recorded in an older record format cannot be indexed."""
-    return (f"{trace} was recorded by an older Cannoli DB (record format {version}); this one indexes format "
-            f"{F.FORMAT_VERSION} only (positions are drawn while recording): record the program again")
+    return (f"{trace} was recorded by an older Cannoli DB (record format {version}); this one indexes formats "
+            f"{min(F.INDEXABLE_VERSIONS)} and later (positions are drawn while recording): record the program again")
 
 
 def rebuild_hint(trace: Path | str) -> str:

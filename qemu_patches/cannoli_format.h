@@ -19,13 +19,16 @@
 
 #include <stdint.h>
 
-#define CN_FORMAT_VERSION 3
-/* Version 3 draws global instruction positions in the plugin (SEGMENT events
+#define CN_FORMAT_VERSION 4
+/* Version 4 stores memory accesses predicted from the previous access of the
+ * same block position (MEM_* on disk, below) and adds n_mem to the packet
+ * header; the lanes and every other section are as in version 3.
+ * Version 3 draws global instruction positions in the plugin (SEGMENT events
  * carry them), identifies each thread's stream by a ring-wide id, adds the
  * LINE section (12 counts in the packet header) and splits a chunk into a side
- * frame and a heavy frame.  Version 2 (seq-ordered segments, one frame, 11
- * counts) and version 1 (no registers: 9 counts, a 104-byte packet header)
- * are still read. */
+ * frame and a heavy frame.  Versions 3, 2 (seq-ordered segments, one frame,
+ * 11 counts) and 1 (no registers: 9 counts, a 104-byte packet header) are
+ * still read. */
 
 /* 8-byte magics, stored as bytes (not as integers). */
 #define CN_CHUNK_MAGIC  "CNDBCHNK"
@@ -60,17 +63,19 @@ enum cn_section {
                           (1u << CN_SEC_INSN_BYTES) | (1u << CN_SEC_BLOB) | (1u << CN_SEC_LINE))
 
 /* On disk (in packets) five sections are transformed to compress well; in the
- * ring they are plain arrays.  count[] of a packet still gives records, except
- * for CN_SEC_MEM_VALUE, whose count is its length in bytes.
- *   MEM_ADDR   a[i] - a[i-1] (mod 2^64, a[-1] = 0), then byte planes: all
- *              bytes 0 of the n deltas, then all bytes 1, ... (8n bytes)
- *   MEM_INFO   w[i] - w[i-1] (mod 2^32, w[-1] = 0), then byte planes (4n bytes)
- *   MEM_VALUE  each value cut to its access size (1, 2, 4 or 8 bytes, from the
- *              info word), grouped by size: all 1-byte values in access order,
- *              then all 2-byte, 4-byte, 8-byte ones, little-endian.
+ * ring they are plain arrays.  count[] of a packet gives records, except for
+ * the three MEM_ sections, whose counts are their lengths in bytes (version 4;
+ * in versions 1-3 MEM_VALUE's is bytes, MEM_ADDR's and MEM_INFO's are records)
+ * -- the packet header's n_mem counts the accesses.
+ *   MEM_*      version 4: see "memory sections on disk" below.
  *   REG_VALUE  v[i] minus the previous value of the same register in this
- *              packet (mod 2^64, 0 before its first), then byte planes (8n)
- *   REG_INFO   as MEM_INFO: deltas, then byte planes (4n bytes)          */
+ *              packet (mod 2^64, 0 before its first), then byte planes: all
+ *              bytes 0 of the n deltas, then all bytes 1, ... (8n bytes)
+ *   REG_INFO   w[i] - w[i-1] (mod 2^32, w[-1] = 0), then byte planes (4n)
+ * Versions 1-3 stored MEM_ADDR as address deltas a[i] - a[i-1] in byte planes
+ * (8n bytes), MEM_INFO as REG_INFO (4n bytes), and MEM_VALUE as each value cut
+ * to its access size, grouped by size (all 1-byte values in access order, then
+ * 2-, 4-, 8-byte ones). */
 
 /* Capacity of each section in one lane, in records.  A packet never holds more;
  * readers reject a packet that claims more. */
@@ -111,6 +116,44 @@ enum cn_section {
 #define CN_MEMINFO_INSN_SHIFT  5
 #define CN_MEMINFO_INSN_MASK   0x1ffu
 #define CN_MEMINFO_LINK_SHIFT  14
+#define CN_MEMINFO_LOW_MASK    0x3fffu  /* every bit but the link */
+
+/* ---- memory sections on disk (version 4; qemu_patches/mem_codec.c) --------
+ * Access i belongs to block b = exec[link-1] (0 if link is 0 or past the EXEC
+ * section) and is the k-th access of that execution (k = how many accesses
+ * before it in the packet have the same link).  Its *slot* is
+ *     (((uint32)(b * CN_MEM_SLOT_MUL_BLOCK) >> (32 - CN_MEM_SLOT_BITS)) + k)
+ *         mod 2^CN_MEM_SLOT_BITS
+ * and its prediction the address, value and low info bits (info &
+ * CN_MEMINFO_LOW_MASK) of the slot's previous access in the packet, zeros
+ * before the first.  Each access stores
+ *     ra = zigzag(address - predicted address)      (mod 2^64)
+ *     rv = zigzag(value - predicted value)          (value at its access width)
+ * where zigzag(d) = (d << 1) ^ (d >> 63, arithmetic), its low info bits only
+ * when they differ from the prediction, and its link as the step from the
+ * previous access's link (link[-1] = 0).
+ *   MEM_INFO   n control bytes, one per access: bits 0..1 the address class,
+ *              bits 2..4 the value class, bit 5 CN_MEMCTL_INFO_EXPLICIT, bits
+ *              6..7 the link step (0, 1, 2, or CN_MEMCTL_LINK_EXPLICIT);
+ *              then a uint16 of low info bits per explicit one, in access
+ *              order; then a uint32 link step per explicit one.
+ *   MEM_ADDR   ra cut to its class's width (byte c of CN_MEMCTL_ADDR_WIDTHS),
+ *              grouped by class (all class-1 payloads in access order, then
+ *              class 2, class 3; class 0 has none), little-endian.
+ *   MEM_VALUE  rv likewise, with CN_MEMCTL_VALUE_WIDTHS (classes 1..7).
+ * A class is the narrowest whose width holds the payload.  Every packet is
+ * decoded on its own. */
+#define CN_MEM_SLOT_BITS         16
+#define CN_MEM_SLOT_MUL_BLOCK    0x9E3779B1u
+#define CN_MEMCTL_ADDR_SHIFT     0
+#define CN_MEMCTL_ADDR_MASK      0x3u
+#define CN_MEMCTL_VALUE_SHIFT    2
+#define CN_MEMCTL_VALUE_MASK     0x7u
+#define CN_MEMCTL_INFO_EXPLICIT  (1u << 5)
+#define CN_MEMCTL_LINK_SHIFT     6
+#define CN_MEMCTL_LINK_EXPLICIT  3u
+#define CN_MEMCTL_ADDR_WIDTHS    0x08030100u           /* bytes: 0, 1, 3, 8 */
+#define CN_MEMCTL_VALUE_WIDTHS   0x0806050403020100ull /* bytes: 0, 1, 2, 3, 4, 5, 6, 8 */
 
 /* ---- register record info word (CN_SEC_REG_INFO) -------------------------
  * Registers are recorded at block entry (plugin API >= 2): as changes (the
@@ -241,7 +284,9 @@ struct cn_packet_header {
     uint64_t seg_insns;     /* v3: instructions of exec[0]'s ordering segment that
                                precede exec[0] (execs of that segment in earlier
                                packets); final: those blocks are resolved.  v1-2: 0   */
-};                          /* 112 bytes (version 2: 112, 11 counts; 1: 104, 9) */
+    uint32_t n_mem;         /* v4: memory accesses in the packet                      */
+    uint32_t reserved;      /* v4: 0                                                  */
+};                          /* 120 bytes (version 3: 112; 2: 112, 11 counts; 1: 104, 9) */
 
 /* ---- chunk file ------------------------------------------------------------
  * chunks/NNNNNN.zst = this header, then the side frame (zstd; its content is

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cannoli_ring.h"
+#include "mem_codec.h"
 
 #define CN_EXPORT __attribute__((visibility("default")))
 
@@ -25,6 +26,12 @@ static bool is_side(int s)
     return (CN_SIDE_SECTIONS >> s) & 1u;
 }
 
+/* The three sections cn_mem_encode writes together. */
+static bool is_mem(int s)
+{
+    return s == CN_SEC_MEM_ADDR || s == CN_SEC_MEM_VALUE || s == CN_SEC_MEM_INFO;
+}
+
 /* Most bytes one packet takes in the side (side != 0) or the heavy buffer. */
 CN_EXPORT size_t cn_consumer_max_part_size(int side)
 {
@@ -32,11 +39,19 @@ CN_EXPORT size_t cn_consumer_max_part_size(int side)
     cn_lane_layout(&l);
     size_t size = side ? sizeof(struct cn_packet_header) : 0;
     for (int s = 0; s < CN_NSECTIONS; s++) {
-        if (is_side(s) == (side != 0)) {
+        if (is_side(s) == (side != 0) && !is_mem(s)) {
             size += l.record_size[s] * (s == CN_SEC_LINE ? CN_CAP_LINE : l.capacity[s]);
         }
     }
-    return size;
+    return size + (side ? 0 : cn_mem_max_encoded(CN_CAP_MEM));
+}
+
+/* Bytes of scratch cn_consumer_pack needs, zeroed before its first use: the
+ * memory encoder's (which it keeps from packet to packet), then room for the
+ * register transforms. */
+CN_EXPORT size_t cn_consumer_scratch_size(void)
+{
+    return cn_mem_scratch_size() + CN_CAP_REG * sizeof(uint64_t);
 }
 
 /* The LINE section (cannoli_format.h) of n accesses: an open-addressing table
@@ -211,17 +226,7 @@ static char *put_planes(char *p, const void *src, uint32_t n, size_t width)
     return p + width * n;
 }
 
-/* MEM_ADDR and MEM_INFO on disk: deltas, then byte planes (cannoli_format.h). */
-static char *put_addr(char *p, const uint64_t *a, uint32_t n, uint64_t *scratch)
-{
-    uint64_t prev = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        scratch[i] = a[i] - prev;
-        prev = a[i];
-    }
-    return put_planes(p, scratch, n, 8);
-}
-
+/* REG_INFO on disk: deltas, then byte planes (cannoli_format.h). */
 static char *put_info(char *p, const uint32_t *w, uint32_t n, uint32_t *scratch)
 {
     uint32_t prev = 0;
@@ -247,53 +252,11 @@ static char *put_reg_values(char *p, const uint64_t *v, const uint32_t *info, ui
     return put_planes(p, scratch, n, 8);
 }
 
-/* MEM_VALUE on disk: values cut to their access size, grouped by size: one
- * pass, with a cursor per size group (the groups' sizes counted first). */
-static char *put_values(char *p, const uint64_t *v, const uint32_t *info, uint32_t n)
-{
-    size_t group[4] = { 0 };
-    for (uint32_t i = 0; i < n; i++) {
-        unsigned shift = info[i] & CN_MEMINFO_SHIFT_MASK;
-        if (shift <= 3) {
-            group[shift]++;
-        }
-    }
-    char *at[4];
-    at[0] = p;
-    for (unsigned shift = 1; shift <= 3; shift++) {
-        at[shift] = at[shift - 1] + (group[shift - 1] << (shift - 1));
-    }
-    char *end = at[3] + (group[3] << 3);
-    for (uint32_t i = 0; i < n; i++) {
-        unsigned shift = info[i] & CN_MEMINFO_SHIFT_MASK;
-        if (shift > 3) {
-            continue; /* the plugin never writes more */
-        }
-        switch (shift) { /* little-endian host: the low bytes */
-        case 0: memcpy(at[0], &v[i], 1); break;
-        case 1: memcpy(at[1], &v[i], 2); break;
-        case 2: memcpy(at[2], &v[i], 4); break;
-        default: memcpy(at[3], &v[i], 8); break;
-        }
-        at[shift] += (size_t)1 << shift;
-    }
-    return end;
-}
-
-static uint32_t value_bytes(const uint32_t *info, uint32_t n)
-{
-    uint32_t total = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        unsigned shift = info[i] & CN_MEMINFO_SHIFT_MASK;
-        total += shift <= 3 ? 1u << shift : 0; /* the plugin never writes more */
-    }
-    return total;
-}
-
 /* Copy lane `lane_index` as one packet: its header and side sections to
  * `side`, its heavy sections to `heavy` (format in cannoli_format.h).  Returns
  * the bytes written to `side` (0 if the lane holds nothing) and puts the
- * heavy bytes in *heavy_used.  `scratch` needs room for CN_CAP_MEM uint64s. */
+ * heavy bytes in *heavy_used.  `scratch` holds cn_consumer_scratch_size() bytes,
+ * the same ones for every call. */
 CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, size_t side_cap, void *heavy,
                                   size_t heavy_cap, uint32_t extra_flags, void *scratch, size_t *heavy_used)
 {
@@ -347,31 +310,35 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, si
     }
     uint32_t n_mem = h.count[CN_SEC_MEM_ADDR];
     const uint32_t *info = cn_lane_section(lane, &l, CN_SEC_MEM_INFO);
-    h.count[CN_SEC_MEM_VALUE] = value_bytes(info, n_mem);
+    h.n_mem = n_mem;
     h.count[CN_SEC_LINE] = find_lines(cn_lane_section(lane, &l, CN_SEC_MEM_ADDR), info, n_mem);
-    size_t need[2] = { 0, sizeof(h) }; /* heavy, side */
+    size_t need[2] = { cn_mem_max_encoded(n_mem), sizeof(h) }; /* heavy, side */
     for (int s = 0; s < CN_NSECTIONS; s++) {
-        need[is_side(s)] += h.count[s] * (s == CN_SEC_MEM_VALUE ? 1 : l.record_size[s]);
+        need[is_side(s)] += is_mem(s) ? 0 : h.count[s] * l.record_size[s];
     }
     if (need[1] > side_cap || need[0] > heavy_cap) {
         return 0;
     }
+    void *reg_scratch = (char *)scratch + cn_mem_scratch_size();
     char *out[2] = { heavy, side };
-    memcpy(out[1], &h, sizeof(h));
+    char *header_at = out[1];
     out[1] += sizeof(h);
     for (int s = 0; s < CN_NSECTIONS; s++) {
         const void *src = cn_lane_section(lane, &l, s);
         char *p = out[is_side(s)];
-        if (s == CN_SEC_MEM_ADDR) {
-            p = put_addr(p, src, n_mem, scratch);
-        } else if (s == CN_SEC_MEM_VALUE) {
-            p = put_values(p, src, info, n_mem);
-        } else if (s == CN_SEC_MEM_INFO) {
-            p = put_info(p, src, n_mem, scratch);
+        if (s == CN_SEC_MEM_ADDR) { /* MEM_VALUE and MEM_INFO with it */
+            size_t size[3];
+            p += cn_mem_encode(src, cn_lane_section(lane, &l, CN_SEC_MEM_VALUE), info, n_mem,
+                               cn_lane_section(lane, &l, CN_SEC_EXEC), h.count[CN_SEC_EXEC], p, scratch, size);
+            h.count[CN_SEC_MEM_ADDR] = (uint32_t)size[0];
+            h.count[CN_SEC_MEM_VALUE] = (uint32_t)size[1];
+            h.count[CN_SEC_MEM_INFO] = (uint32_t)size[2];
+        } else if (is_mem(s)) {
+            continue;
         } else if (s == CN_SEC_REG_VALUE) {
-            p = put_reg_values(p, src, cn_lane_section(lane, &l, CN_SEC_REG_INFO), h.count[s], scratch);
+            p = put_reg_values(p, src, cn_lane_section(lane, &l, CN_SEC_REG_INFO), h.count[s], reg_scratch);
         } else if (s == CN_SEC_REG_INFO) {
-            p = put_info(p, src, h.count[s], scratch);
+            p = put_info(p, src, h.count[s], reg_scratch);
         } else if (s == CN_SEC_LINE) {
             memcpy(p, lines, h.count[s] * sizeof(struct cn_line));
             p += h.count[s] * sizeof(struct cn_line);
@@ -382,8 +349,9 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, si
         }
         out[is_side(s)] = p;
     }
-    *heavy_used = need[0];
-    return need[1];
+    memcpy(header_at, &h, sizeof(h)); /* its MEM_ counts are known now */
+    *heavy_used = (size_t)(out[0] - (char *)heavy);
+    return (size_t)(out[1] - (char *)side);
 }
 
 /* Give a lane back to the producers. */

@@ -62,15 +62,15 @@ class ChunkWriter:
         with room for the largest packet in each."""
         return self._side, self._side_used, self._heavy, self._heavy_used
 
-    def commit(self, side: int, heavy: int, counts) -> None:
+    def commit(self, side: int, heavy: int, view) -> None:
         """The packet written at room() is `side` + `heavy` bytes (0: nothing was
-        written); counts are its records per section."""
+        written); view is its decode.PacketView."""
         if not side:
             return
         self._side_used += side
         self._heavy_used += heavy
         self._packets += 1
-        self._totals += (counts[F.SEC_EXEC], counts[F.SEC_MEM_ADDR], counts[F.SEC_EVENT])
+        self._totals += (view.counts[F.SEC_EXEC], view.n_mem, view.counts[F.SEC_EVENT])
         if self._heavy_used >= self.target_raw or self._side_used >= self.target_raw // SIDE_SHARE:
             self.flush()
 

@@ -19,6 +19,7 @@ from cannoli_db import native
 _CDEF = """
 size_t cn_consumer_ring_size(uint32_t n_lanes);
 size_t cn_consumer_max_part_size(int side);
+size_t cn_consumer_scratch_size(void);
 int cn_consumer_init(void *mem, size_t size, uint32_t n_lanes, uint32_t recorder_pid);
 uint32_t cn_consumer_lane_state(void *mem, uint32_t lane);
 int cn_consumer_next_full(void *mem, uint32_t start);
@@ -54,7 +55,7 @@ class Ring:
             raise RuntimeError("ring initialisation failed")
         self.max_side = lib.cn_consumer_max_part_size(1)
         self.max_heavy = lib.cn_consumer_max_part_size(0)
-        self._scratch = _ffi.new("uint64_t[]", F.CAP_MEM)
+        self._scratch = _ffi.new("char[]", lib.cn_consumer_scratch_size())
         self._heavy_used = _ffi.new("size_t *")
         self._next = 0
 

@@ -330,7 +330,7 @@ def _drain(ring: Ring, proc: subprocess.Popen, writer: ChunkWriter, stats: Strea
             view, _, _ = split_view(room[0], room[1], room[2], room[3])
             stats.add(view)
             chunks = writer.chunks_started
-            writer.commit(side, heavy, view.counts)
+            writer.commit(side, heavy, view)
             if writer.chunks_started != chunks and limits.reached(writer.bytes_written):
                 raise _Stop
         return side

@@ -53,7 +53,7 @@ class StreamStats:
         self.salvaged_packets += bool(flags & F.PACKET_SALVAGED)
         n_exec = counts[F.SEC_EXEC]
         self.blocks_executed += n_exec - int(bool(flags & F.PACKET_CONTINUES) and n_exec > 0)
-        self.mem_events += counts[F.SEC_MEM_ADDR]
+        self.mem_events += view.n_mem
         events = view.section(F.SEC_EVENT)
         self.events += len(events)
         self.syscalls += int(np.count_nonzero(events["kind"] == F.EV_SYSCALL))

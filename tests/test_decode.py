@@ -71,9 +71,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 KNOWN = json.loads((FIXTURES / "known_stores.json").read_text())
 
 
-@pytest.mark.parametrize("version", [1, 2])
-def test_chunks_written_by_older_releases_still_decode(version, tmp_path):
-    """Bytes the releases that wrote formats 1 and 2 produced (tests/fixtures/README.md),
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_chunks_written_by_older_releases_still_decode(version):
+    """Bytes the releases that wrote formats 1, 2 and 3 produced (tests/fixtures/README.md),
     against what the guest's source and ELF file say it did."""
     trace = FIXTURES / f"format_v{version}"
     meta = json.loads((trace / "meta.json").read_text())
@@ -88,13 +88,29 @@ def test_chunks_written_by_older_releases_still_decode(version, tmp_path):
     assert sum(len(p.exec) for p in packets) == meta["counts"]["blocks_executed"]
     calls = [e for p in packets for e in p.events if e["kind"] == F.EV_SYSCALL]
     assert int(calls[-1]["v"][1]) == KNOWN["exit_status"]  # exit_group(42)
-    # indexing it is refused in one line, and info still reads it
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_indexing_formats_before_3_is_refused_in_one_line(version, tmp_path):
     copy = tmp_path / "old.cannoli"
-    shutil.copytree(trace, copy)
+    shutil.copytree(FIXTURES / f"format_v{version}", copy)
     proc = run_cannoli("index", copy)
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert f"record format {version}" in proc.stderr and "record the program again" in proc.stderr
     assert run_cannoli("info", copy).returncode == 0
+
+
+def test_a_format_3_recording_still_indexes_and_answers(tmp_path):
+    """Format 3 differs from 4 only in how memory sections are stored: its
+    recordings index and answer who-wrote as new ones do."""
+    copy = tmp_path / "v3.cannoli"
+    shutil.copytree(FIXTURES / "format_v3", copy)
+    assert run_cannoli("index", copy).returncode == 0
+    for name, (size, value) in KNOWN["stores"].items():
+        proc = run_cannoli("who-wrote", copy, hex(KNOWN["symbols"][name]), "--format", "json")
+        assert proc.returncode == 0, proc.stderr
+        rows = json.loads(proc.stdout)
+        assert rows and int(rows[0]["size"]) == size and int(str(rows[0]["value"]), 0) == value, rows
 
 
 @pytest.mark.parametrize("real_chunk", ["10"], indirect=True)

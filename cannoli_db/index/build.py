@@ -98,7 +98,7 @@ def index_trace(trace_dir: Path, workers: int = 2, quiet: bool = False, _limit: 
         if arch is None:
             meta["arch"] = arch = _arch_from_process(trace_dir, events)
         plan.arch = arch = guest_arch.get(arch).name
-        if scan.versions and min(scan.versions) < 3:
+        if scan.versions and min(scan.versions) < min(F.INDEXABLE_VERSIONS):
             raise CannoliError(tracedir.older_format(trace_dir, min(scan.versions)))
         keep_heavy = _finish_tails(files, plan, scan)
         total = plan.finish()

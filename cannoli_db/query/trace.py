@@ -205,7 +205,7 @@ class Trace:
     def check_version(self) -> None:
         """An index an older cannoli built is refused: its tables mean other things."""
         meta = self.meta
-        if isinstance(meta.get("format_version"), int) and meta["format_version"] < F.FORMAT_VERSION:
+        if isinstance(meta.get("format_version"), int) and meta["format_version"] not in F.INDEXABLE_VERSIONS:
             self._con.close()
             raise CannoliError(tracedir.older_format(self.path, meta["format_version"]))
         if meta.get("schema_version") != schema.SCHEMA_VERSION or meta.get("store_version") != store.STORE_VERSION:
