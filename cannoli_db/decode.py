@@ -11,8 +11,8 @@ frame (each packet's EXEC, MEM_* and REG_* sections, in the same packet order).
 Reading the side frame alone is enough for everything but the bulk rows; once
 those rows are in the Parquet store the heavy frame may be gone
 (CN_CHUNK_HEAVY_IN_STORE).  Versions 1-2 hold one frame of whole packets.
-Version 4's memory sections are decoded by the recorder's own C codec
-(cannoli_db/native/mem_codec.py); the other transforms are undone here.
+Version 4's memory and register sections are decoded by the recorder's own C
+codec (cannoli_db/native/record_codec.py); older transforms are undone here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import zstandard
 
 from . import format as F
 from . import tracedir
-from .native import mem_codec
+from .native import record_codec
 
 
 class ChunkError(Exception):
@@ -81,15 +81,15 @@ _TRANSFORMED = (F.SEC_MEM_ADDR, F.SEC_MEM_VALUE, F.SEC_MEM_INFO, F.SEC_REG_VALUE
 _EMPTY = {s: np.zeros(0, np.dtype("u1") if s in _TRANSFORMED else F.SECTION_DTYPES[s]) for s in range(F.NSECTIONS)}
 
 
-_MEM = (F.SEC_MEM_ADDR, F.SEC_MEM_VALUE, F.SEC_MEM_INFO)
-# Most bytes of each memory section in version 4 (control byte, low info bits
-# and link step in MEM_INFO; mem_codec.c)
-_MEM_V4_LIMIT = {F.SEC_MEM_ADDR: 8 * F.CAP_MEM, F.SEC_MEM_VALUE: 8 * F.CAP_MEM, F.SEC_MEM_INFO: 7 * F.CAP_MEM}
+# Most bytes of each encoded section in version 4 (a control byte, low info
+# bits and a link step per record in the INFO sections; record_codec.c)
+_ENCODED_LIMIT = {F.SEC_MEM_ADDR: 8 * F.CAP_MEM, F.SEC_MEM_VALUE: 8 * F.CAP_MEM, F.SEC_MEM_INFO: 7 * F.CAP_MEM,
+                  F.SEC_REG_VALUE: 8 * F.CAP_REG, F.SEC_REG_INFO: 7 * F.CAP_REG}
 
 
 def _counts_bytes(s: int, version: int) -> bool:
     """Whether section s's count is its length in bytes rather than records."""
-    return s == F.SEC_MEM_VALUE or (version >= 4 and s in _MEM)
+    return s == F.SEC_MEM_VALUE or (version >= 4 and s in _ENCODED_LIMIT)
 
 
 def section_bytes(s: int, count: int, version: int = F.FORMAT_VERSION) -> int:
@@ -97,8 +97,8 @@ def section_bytes(s: int, count: int, version: int = F.FORMAT_VERSION) -> int:
 
 
 def _section_limit(s: int, version: int) -> int:
-    if version >= 4 and s in _MEM:
-        return _MEM_V4_LIMIT[s]
+    if version >= 4 and s in _ENCODED_LIMIT:
+        return _ENCODED_LIMIT[s]
     return F.CAP_MEM * 8 if s == F.SEC_MEM_VALUE else F.SECTION_CAPACITY[s]
 
 
@@ -123,6 +123,11 @@ class PacketView:
     def n_mem(self) -> int:
         """Memory accesses of the packet, whether or not its heavy sections were read."""
         return int(self.header["n_mem"]) if self.version >= 4 else self.counts[F.SEC_MEM_ADDR]
+
+    @property
+    def n_regs(self) -> int:
+        """Register records of the packet, likewise."""
+        return int(self.header["n_regs"]) if self.version >= 4 else self.counts[F.SEC_REG_INFO]
 
     @property
     def stream(self) -> int:
@@ -157,12 +162,15 @@ def _check_header(buf, pos: int, chunk: str) -> tuple[np.void, int, list[int]]:
         if count > _section_limit(s, version):
             unit = "bytes of" if _counts_bytes(s, version) else "records in"
             raise ChunkError(chunk, f"packet claims {count} {unit} {F.SECTION_NAMES[s]} (limit {_section_limit(s, version)})")
-    if version >= 4 and int(h["n_mem"]) > F.CAP_MEM:
-        raise ChunkError(chunk, f"packet claims {int(h['n_mem'])} memory accesses (limit {F.CAP_MEM})")
-    if version < 4 and counts[F.SEC_MEM_ADDR] != counts[F.SEC_MEM_INFO]:
-        raise ChunkError(chunk, "memory sections disagree on their length")
-    if counts[F.SEC_REG_VALUE] != counts[F.SEC_REG_INFO]:
-        raise ChunkError(chunk, "register sections disagree on their length")
+    if version >= 4:
+        for name, limit in (("n_mem", F.CAP_MEM), ("n_regs", F.CAP_REG)):
+            if int(h[name]) > limit:
+                raise ChunkError(chunk, f"packet claims {int(h[name])} {name[2:]} records (limit {limit})")
+    else:
+        if counts[F.SEC_MEM_ADDR] != counts[F.SEC_MEM_INFO]:
+            raise ChunkError(chunk, "memory sections disagree on their length")
+        if counts[F.SEC_REG_VALUE] != counts[F.SEC_REG_INFO]:
+            raise ChunkError(chunk, "register sections disagree on their length")
     return h, version, counts
 
 
@@ -237,8 +245,23 @@ def _decode_values(raw: np.ndarray, info: np.ndarray, chunk: str) -> np.ndarray:
 
 
 def _decode_registers(view: PacketView, chunk: str) -> tuple[np.ndarray, np.ndarray]:
-    """REG_INFO and REG_VALUE with their on-disk transforms undone: each value is
-    the running sum of its register's deltas in the packet."""
+    """REG_INFO and REG_VALUE with their on-disk transforms undone."""
+    if view.version >= 4:
+        if F.SEC_REG_INFO not in view.where:
+            return np.zeros(0, np.uint32), np.zeros(0, np.uint64)
+        try:
+            value, info = record_codec.decode_regs(view.section(F.SEC_REG_VALUE), view.section(F.SEC_REG_INFO),
+                                                   view.n_regs, view.section(F.SEC_EXEC))
+        except record_codec.CodecError as exc:
+            raise ChunkError(chunk, str(exc)) from None
+        if np.any((info & F.REGINFO_NUMBER_MASK) >= F.MAX_REGS):
+            raise ChunkError(chunk, f"register number beyond {F.MAX_REGS - 1}")
+        return info, value
+    return _decode_planed_registers(view, chunk)
+
+
+def _decode_planed_registers(view: PacketView, chunk: str) -> tuple[np.ndarray, np.ndarray]:
+    """Versions 1-3: each value is the running sum of its register's deltas in the packet."""
     n = len(view.section(F.SEC_REG_INFO)) // 4
     info = np.cumsum(_unplane(view.section(F.SEC_REG_INFO), n, "<u4"), dtype=np.uint32)
     deltas = _unplane(view.section(F.SEC_REG_VALUE), n, "<u8")
@@ -268,9 +291,9 @@ def _decode_mem(view: PacketView, chunk: str) -> tuple[np.ndarray, np.ndarray, n
     """Addresses, values and info words with the on-disk transforms undone."""
     if view.version >= 4:
         try:
-            return mem_codec.decode(view.section(F.SEC_MEM_ADDR), view.section(F.SEC_MEM_VALUE),
-                                    view.section(F.SEC_MEM_INFO), view.n_mem, view.section(F.SEC_EXEC))
-        except mem_codec.MemCodecError as exc:
+            return record_codec.decode_mem(view.section(F.SEC_MEM_ADDR), view.section(F.SEC_MEM_VALUE),
+                                           view.section(F.SEC_MEM_INFO), view.n_mem, view.section(F.SEC_EXEC))
+        except record_codec.CodecError as exc:
             raise ChunkError(chunk, str(exc)) from None
     n = view.n_mem
     addr = np.cumsum(_unplane(view.section(F.SEC_MEM_ADDR), n, "<u8"), dtype=np.uint64)

@@ -62,7 +62,7 @@ MEMINFO_INSN_MASK = 0x1FF
 MEMINFO_LINK_SHIFT = 14
 MEMINFO_LOW_MASK = 0x3FFF
 
-# Memory sections on disk, version 4 (cannoli_format.h; qemu_patches/mem_codec.c).
+# Records on disk, version 4 (cannoli_format.h; qemu_patches/record_codec.c).
 MEM_SLOT_BITS = 16
 MEM_SLOT_MUL_BLOCK = 0x9E3779B1
 MEMCTL_ADDR_SHIFT = 0
@@ -160,7 +160,7 @@ def _packet_header_dtype(nsections: int, n_mem: bool = False) -> np.dtype:
             ("cur_accessed", "<u4"),
             ("stream", "<u4"),      # versions 1-2: reserved, 0
             ("seg_insns", "<u8"),   # versions 1-2: reserved, 0
-            *([("n_mem", "<u4"), ("reserved", "<u4")] if n_mem else []),  # version 4
+            *([("n_mem", "<u4"), ("n_regs", "<u4")] if n_mem else []),  # version 4
         ],
         align=True,
     )

@@ -20,9 +20,10 @@
 #include <stdint.h>
 
 #define CN_FORMAT_VERSION 4
-/* Version 4 stores memory accesses predicted from the previous access of the
- * same block position (MEM_* on disk, below) and adds n_mem to the packet
- * header; the lanes and every other section are as in version 3.
+/* Version 4 stores memory accesses and register records predicted from the
+ * previous record of the same block position ("records on disk", below) and
+ * adds n_mem and n_regs to the packet header; the lanes and every other
+ * section are as in version 3.
  * Version 3 draws global instruction positions in the plugin (SEGMENT events
  * carry them), identifies each thread's stream by a ring-wide id, adds the
  * LINE section (12 counts in the packet header) and splits a chunk into a side
@@ -62,20 +63,18 @@ enum cn_section {
 #define CN_SIDE_SECTIONS ((1u << CN_SEC_EVENT) | (1u << CN_SEC_BLOCK) | (1u << CN_SEC_INSN_SIZE) | \
                           (1u << CN_SEC_INSN_BYTES) | (1u << CN_SEC_BLOB) | (1u << CN_SEC_LINE))
 
-/* On disk (in packets) five sections are transformed to compress well; in the
+/* On disk (in packets) five sections are encoded to compress well; in the
  * ring they are plain arrays.  count[] of a packet gives records, except for
- * the three MEM_ sections, whose counts are their lengths in bytes (version 4;
- * in versions 1-3 MEM_VALUE's is bytes, MEM_ADDR's and MEM_INFO's are records)
- * -- the packet header's n_mem counts the accesses.
- *   MEM_*      version 4: see "memory sections on disk" below.
- *   REG_VALUE  v[i] minus the previous value of the same register in this
- *              packet (mod 2^64, 0 before its first), then byte planes: all
- *              bytes 0 of the n deltas, then all bytes 1, ... (8n bytes)
- *   REG_INFO   w[i] - w[i-1] (mod 2^32, w[-1] = 0), then byte planes (4n)
- * Versions 1-3 stored MEM_ADDR as address deltas a[i] - a[i-1] in byte planes
- * (8n bytes), MEM_INFO as REG_INFO (4n bytes), and MEM_VALUE as each value cut
- * to its access size, grouped by size (all 1-byte values in access order, then
- * 2-, 4-, 8-byte ones). */
+ * the MEM_ and REG_ sections, whose counts are their lengths in bytes (version
+ * 4; the packet header's n_mem and n_regs count their records): see "records
+ * on disk" below.
+ * Versions 1-3 stored MEM_ADDR as address deltas a[i] - a[i-1] (mod 2^64) in
+ * byte planes (all bytes 0 of the n deltas, then all bytes 1, ...; 8n bytes),
+ * MEM_INFO and REG_INFO as deltas of the words in 4 byte planes (4n bytes),
+ * MEM_VALUE as each value cut to its access size, grouped by size (all 1-byte
+ * values in access order, then 2-, 4-, 8-byte ones; its count in bytes) and
+ * REG_VALUE as each value minus the previous value of the same register in
+ * the packet, in 8 byte planes; their other counts are records. */
 
 /* Capacity of each section in one lane, in records.  A packet never holds more;
  * readers reject a packet that claims more. */
@@ -118,20 +117,24 @@ enum cn_section {
 #define CN_MEMINFO_LINK_SHIFT  14
 #define CN_MEMINFO_LOW_MASK    0x3fffu  /* every bit but the link */
 
-/* ---- memory sections on disk (version 4; qemu_patches/mem_codec.c) --------
- * Access i belongs to block b = exec[link-1] (0 if link is 0 or past the EXEC
- * section) and is the k-th access of that execution (k = how many accesses
- * before it in the packet have the same link).  Its *slot* is
+/* ---- records on disk (version 4; qemu_patches/record_codec.c) -------------
+ * Memory accesses and register records are encoded alike.  Record i (an
+ * access, or a register record) belongs to block b = exec[link-1] (0 if link
+ * is 0 or past the EXEC section) and is the k-th record of its kind in that
+ * execution (k = how many records before it in the packet have the same
+ * link).  Its *slot* is
  *     (((uint32)(b * CN_MEM_SLOT_MUL_BLOCK) >> (32 - CN_MEM_SLOT_BITS)) + k)
  *         mod 2^CN_MEM_SLOT_BITS
- * and its prediction the address, value and low info bits (info &
- * CN_MEMINFO_LOW_MASK) of the slot's previous access in the packet, zeros
- * before the first.  Each access stores
- *     ra = zigzag(address - predicted address)      (mod 2^64)
- *     rv = zigzag(value - predicted value)          (value at its access width)
+ * and its prediction the address, value and low info bits of the slot's
+ * previous record in the packet, zeros before the first.  The low info bits
+ * are everything but the link: for an access info & CN_MEMINFO_LOW_MASK, for
+ * a register record its number | CHANGED >> 22 | KEYFRAME >> 22 (bits 0..9).
+ * Each record stores
+ *     ra = zigzag(address - predicted address)      (mod 2^64; accesses only)
+ *     rv = zigzag(value - predicted value)          (an access's at its width)
  * where zigzag(d) = (d << 1) ^ (d >> 63, arithmetic), its low info bits only
  * when they differ from the prediction, and its link as the step from the
- * previous access's link (link[-1] = 0).
+ * previous record's link (link[-1] = 0).
  *   MEM_INFO   n control bytes, one per access: bits 0..1 the address class,
  *              bits 2..4 the value class, bit 5 CN_MEMCTL_INFO_EXPLICIT, bits
  *              6..7 the link step (0, 1, 2, or CN_MEMCTL_LINK_EXPLICIT);
@@ -141,6 +144,8 @@ enum cn_section {
  *              grouped by class (all class-1 payloads in access order, then
  *              class 2, class 3; class 0 has none), little-endian.
  *   MEM_VALUE  rv likewise, with CN_MEMCTL_VALUE_WIDTHS (classes 1..7).
+ *   REG_INFO   as MEM_INFO (address class always 0).
+ *   REG_VALUE  as MEM_VALUE.
  * A class is the narrowest whose width holds the payload.  Every packet is
  * decoded on its own. */
 #define CN_MEM_SLOT_BITS         16
@@ -285,7 +290,7 @@ struct cn_packet_header {
                                precede exec[0] (execs of that segment in earlier
                                packets); final: those blocks are resolved.  v1-2: 0   */
     uint32_t n_mem;         /* v4: memory accesses in the packet                      */
-    uint32_t reserved;      /* v4: 0                                                  */
+    uint32_t n_regs;        /* v4: register records in the packet                     */
 };                          /* 120 bytes (version 3: 112; 2: 112, 11 counts; 1: 104, 9) */
 
 /* ---- chunk file ------------------------------------------------------------

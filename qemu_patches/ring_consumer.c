@@ -1,9 +1,10 @@
 /*
  * ring_consumer.c -- the recorder's side of the ring (loaded with cffi by
- * cannoli_db/recorder/ring.py).  Creates and initialises the ring, finds lanes
- * that producers published, copies a lane out as one packet
- * (cannoli_format.h) -- its header and side sections to one buffer, its heavy
- * sections to another, as a version 3 chunk stores them -- and hands lanes back.
+ * recorder/ring.py).  Creates and initialises the ring, finds lanes that
+ * producers published, copies a lane out as one packet (cannoli_format.h) --
+ * its header and side sections to one buffer, its heavy sections to another,
+ * encoded as a version 4 chunk stores them (record_codec.c) -- and hands
+ * lanes back.
  *
  * Counts in a lane were written by another process that may have died at any
  * moment: every count is clamped to its section's capacity before use.
@@ -12,7 +13,7 @@
 #include <string.h>
 
 #include "cannoli_ring.h"
-#include "mem_codec.h"
+#include "record_codec.h"
 
 #define CN_EXPORT __attribute__((visibility("default")))
 
@@ -26,10 +27,12 @@ static bool is_side(int s)
     return (CN_SIDE_SECTIONS >> s) & 1u;
 }
 
-/* The three sections cn_mem_encode writes together. */
-static bool is_mem(int s)
+/* The sections the record codec writes (record_codec.c): MEM_ADDR with
+ * MEM_VALUE and MEM_INFO, REG_VALUE with REG_INFO. */
+static bool is_encoded(int s)
 {
-    return s == CN_SEC_MEM_ADDR || s == CN_SEC_MEM_VALUE || s == CN_SEC_MEM_INFO;
+    return s == CN_SEC_MEM_ADDR || s == CN_SEC_MEM_VALUE || s == CN_SEC_MEM_INFO || s == CN_SEC_REG_VALUE ||
+           s == CN_SEC_REG_INFO;
 }
 
 /* Most bytes one packet takes in the side (side != 0) or the heavy buffer. */
@@ -39,30 +42,36 @@ CN_EXPORT size_t cn_consumer_max_part_size(int side)
     cn_lane_layout(&l);
     size_t size = side ? sizeof(struct cn_packet_header) : 0;
     for (int s = 0; s < CN_NSECTIONS; s++) {
-        if (is_side(s) == (side != 0) && !is_mem(s)) {
+        if (is_side(s) == (side != 0) && !is_encoded(s)) {
             size += l.record_size[s] * (s == CN_SEC_LINE ? CN_CAP_LINE : l.capacity[s]);
         }
     }
-    return size + (side ? 0 : cn_mem_max_encoded(CN_CAP_MEM));
+    return size + (side ? 0 : cn_mem_max_encoded(CN_CAP_MEM) + cn_reg_max_encoded(CN_CAP_REG));
 }
 
 /* Bytes of scratch cn_consumer_pack needs, zeroed before its first use: the
- * memory encoder's (which it keeps from packet to packet), then room for the
- * register transforms. */
+ * record encoder's, which it keeps from packet to packet. */
 CN_EXPORT size_t cn_consumer_scratch_size(void)
 {
-    return cn_mem_scratch_size() + CN_CAP_REG * sizeof(uint64_t);
+    return cn_codec_scratch_size();
 }
 
 /* The LINE section (cannoli_format.h) of n accesses: an open-addressing table
- * of the lines seen so far, cleared after each packet through its used slots. */
+ * of the lines seen so far, cleared after each packet through its used slots,
+ * behind a small direct-mapped cache of recent lines (a packet touches a few
+ * thousand lines, the table's probes would miss the CPU cache). */
 #define LINE_SLOTS (1u << 18)
+#define RECENT_LINES 4096u
 static uint32_t line_slot[LINE_SLOTS]; /* 1 + index in lines, 0: empty */
 static uint32_t slot_used[CN_CAP_LINE];
 static struct cn_line lines[CN_CAP_LINE];
 static uint32_t n_lines;
+static struct {
+    uint64_t line;
+    uint32_t entry; /* 1 + index in lines, 0: empty */
+} recent[RECENT_LINES];
 
-static struct cn_line *line_entry(uint64_t line, uint32_t i)
+static struct cn_line *table_entry(uint64_t line, uint32_t i)
 {
     uint32_t h = (uint32_t)((line * 0x9E3779B97F4A7C15ull) >> (64 - 18));
     while (line_slot[h] && lines[line_slot[h] - 1].line != line) {
@@ -74,6 +83,18 @@ static struct cn_line *line_entry(uint64_t line, uint32_t i)
         lines[n_lines - 1] = (struct cn_line){ line, 0, 0, i, i };
     }
     return &lines[line_slot[h] - 1];
+}
+
+static struct cn_line *line_entry(uint64_t line, uint32_t i)
+{
+    uint32_t r = (uint32_t)line & (RECENT_LINES - 1);
+    if (recent[r].entry && recent[r].line == line) {
+        return &lines[recent[r].entry - 1];
+    }
+    struct cn_line *e = table_entry(line, i);
+    recent[r].line = line;
+    recent[r].entry = (uint32_t)(e - lines) + 1;
+    return e;
 }
 
 static void touch(struct cn_line *e, uint64_t bytes, bool store, uint32_t i)
@@ -110,6 +131,7 @@ static uint32_t find_lines(const uint64_t *addr, const uint32_t *info, uint32_t 
     }
     for (uint32_t k = 0; k < n_lines; k++) {
         line_slot[slot_used[k]] = 0;
+        recent[(uint32_t)lines[k].line & (RECENT_LINES - 1)].entry = 0;
     }
     return n_lines;
 }
@@ -156,100 +178,6 @@ CN_EXPORT int cn_consumer_next_full(void *mem, uint32_t start)
         }
     }
     return -1;
-}
-
-/* Byte planes: plane k holds byte k of every value.  Eight 8-byte (or four
- * 4-byte) values at a time are transposed as a byte matrix in registers
- * (three rounds of block swaps), a whole byte of output per store instead of
- * a strided read per byte; the tail goes byte by byte. */
-static void transpose8x8(uint64_t r[8])
-{
-    for (int i = 0; i < 4; i++) {
-        uint64_t t = ((r[i] >> 32) ^ r[i + 4]) & 0x00000000ffffffffull;
-        r[i] ^= t << 32;
-        r[i + 4] ^= t;
-    }
-    for (int i = 0; i < 8; i += (i % 4 == 1) ? 3 : 1) {
-        uint64_t t = ((r[i] >> 16) ^ r[i + 2]) & 0x0000ffff0000ffffull;
-        r[i] ^= t << 16;
-        r[i + 2] ^= t;
-    }
-    for (int i = 0; i < 8; i += 2) {
-        uint64_t t = ((r[i] >> 8) ^ r[i + 1]) & 0x00ff00ff00ff00ffull;
-        r[i] ^= t << 8;
-        r[i + 1] ^= t;
-    }
-}
-
-static void transpose4x4(uint32_t w[4])
-{
-    for (int i = 0; i < 2; i++) {
-        uint32_t t = ((w[i] >> 16) ^ w[i + 2]) & 0x0000ffffu;
-        w[i] ^= t << 16;
-        w[i + 2] ^= t;
-    }
-    for (int i = 0; i < 4; i += 2) {
-        uint32_t t = ((w[i] >> 8) ^ w[i + 1]) & 0x00ff00ffu;
-        w[i] ^= t << 8;
-        w[i + 1] ^= t;
-    }
-}
-
-static char *put_planes(char *p, const void *src, uint32_t n, size_t width)
-{
-    const uint8_t *b = src;
-    uint32_t i = 0;
-    if (width == 8) {
-        for (; i + 8 <= n; i += 8) {
-            uint64_t r[8];
-            memcpy(r, b + (size_t)i * 8, sizeof(r));
-            transpose8x8(r);
-            for (int k = 0; k < 8; k++) {
-                memcpy(p + (size_t)k * n + i, &r[k], 8);
-            }
-        }
-    } else if (width == 4) {
-        for (; i + 4 <= n; i += 4) {
-            uint32_t w[4];
-            memcpy(w, b + (size_t)i * 4, sizeof(w));
-            transpose4x4(w);
-            for (int k = 0; k < 4; k++) {
-                memcpy(p + (size_t)k * n + i, &w[k], 4);
-            }
-        }
-    }
-    for (size_t plane = 0; plane < width; plane++) {
-        for (uint32_t j = i; j < n; j++) {
-            p[plane * n + j] = (char)b[(size_t)j * width + plane];
-        }
-    }
-    return p + width * n;
-}
-
-/* REG_INFO on disk: deltas, then byte planes (cannoli_format.h). */
-static char *put_info(char *p, const uint32_t *w, uint32_t n, uint32_t *scratch)
-{
-    uint32_t prev = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        scratch[i] = w[i] - prev;
-        prev = w[i];
-    }
-    return put_planes(p, scratch, n, 4);
-}
-
-/* REG_VALUE on disk: each value minus the previous value of the same register
- * in the packet (0 before the first), then byte planes: a loop counter or a
- * pointer that moves by a few bytes leaves its high planes zero. */
-static char *put_reg_values(char *p, const uint64_t *v, const uint32_t *info, uint32_t n,
-                            uint64_t *scratch)
-{
-    uint64_t last[CN_MAX_REGS] = { 0 };
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t r = info[i] & (CN_MAX_REGS - 1u);
-        scratch[i] = v[i] - last[r];
-        last[r] = v[i];
-    }
-    return put_planes(p, scratch, n, 8);
 }
 
 /* Copy lane `lane_index` as one packet: its header and side sections to
@@ -312,14 +240,15 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, si
     const uint32_t *info = cn_lane_section(lane, &l, CN_SEC_MEM_INFO);
     h.n_mem = n_mem;
     h.count[CN_SEC_LINE] = find_lines(cn_lane_section(lane, &l, CN_SEC_MEM_ADDR), info, n_mem);
-    size_t need[2] = { cn_mem_max_encoded(n_mem), sizeof(h) }; /* heavy, side */
+    uint32_t n_regs = h.count[CN_SEC_REG_INFO];
+    h.n_regs = n_regs;
+    size_t need[2] = { cn_mem_max_encoded(n_mem) + cn_reg_max_encoded(n_regs), sizeof(h) }; /* heavy, side */
     for (int s = 0; s < CN_NSECTIONS; s++) {
-        need[is_side(s)] += is_mem(s) ? 0 : h.count[s] * l.record_size[s];
+        need[is_side(s)] += is_encoded(s) ? 0 : h.count[s] * l.record_size[s];
     }
     if (need[1] > side_cap || need[0] > heavy_cap) {
         return 0;
     }
-    void *reg_scratch = (char *)scratch + cn_mem_scratch_size();
     char *out[2] = { heavy, side };
     char *header_at = out[1];
     out[1] += sizeof(h);
@@ -333,12 +262,14 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, si
             h.count[CN_SEC_MEM_ADDR] = (uint32_t)size[0];
             h.count[CN_SEC_MEM_VALUE] = (uint32_t)size[1];
             h.count[CN_SEC_MEM_INFO] = (uint32_t)size[2];
-        } else if (is_mem(s)) {
+        } else if (s == CN_SEC_REG_VALUE) { /* REG_INFO with it */
+            size_t size[2];
+            p += cn_reg_encode(src, cn_lane_section(lane, &l, CN_SEC_REG_INFO), n_regs,
+                               cn_lane_section(lane, &l, CN_SEC_EXEC), h.count[CN_SEC_EXEC], p, scratch, size);
+            h.count[CN_SEC_REG_VALUE] = (uint32_t)size[0];
+            h.count[CN_SEC_REG_INFO] = (uint32_t)size[1];
+        } else if (is_encoded(s)) {
             continue;
-        } else if (s == CN_SEC_REG_VALUE) {
-            p = put_reg_values(p, src, cn_lane_section(lane, &l, CN_SEC_REG_INFO), h.count[s], reg_scratch);
-        } else if (s == CN_SEC_REG_INFO) {
-            p = put_info(p, src, h.count[s], reg_scratch);
         } else if (s == CN_SEC_LINE) {
             memcpy(p, lines, h.count[s] * sizeof(struct cn_line));
             p += h.count[s] * sizeof(struct cn_line);
@@ -349,7 +280,7 @@ CN_EXPORT size_t cn_consumer_pack(void *mem, uint32_t lane_index, void *side, si
         }
         out[is_side(s)] = p;
     }
-    memcpy(header_at, &h, sizeof(h)); /* its MEM_ counts are known now */
+    memcpy(header_at, &h, sizeof(h)); /* its MEM_ and REG_ counts are known now */
     *heavy_used = (size_t)(out[0] - (char *)heavy);
     return (size_t)(out[1] - (char *)side);
 }

@@ -21,7 +21,7 @@ from .conftest import GUEST_ENV, read_meta, run_cannoli
 
 def test_max_size_stops_a_long_guest_with_a_valid_incomplete_trace(guest, tmp_path):
     trace = tmp_path / "long.cannoli"
-    proc = run_cannoli("record", "--max-size", "16M", "-o", trace, guest("busy_loop"), "120", timeout=300)
+    proc = run_cannoli("record", "--max-size", "16M", "-o", trace, guest("busy_loop"), "120", "noise", timeout=300)
     assert "stopped by the recorder (max size reached" in proc.stderr, proc.stderr
     assert "INCOMPLETE: max size reached" in proc.stderr  # the index that followed
     meta = read_meta(trace)
@@ -49,7 +49,7 @@ def small_disk(tmp_path):
 
 def test_a_filling_disk_stops_the_recording_cleanly(guest, small_disk):
     trace = small_disk / "t.cannoli"
-    proc = run_cannoli("record", "--no-index", "-o", trace, guest("busy_loop"), "120", timeout=300)
+    proc = run_cannoli("record", "--no-index", "-o", trace, guest("busy_loop"), "120", "noise", timeout=300)
     assert "Traceback" not in proc.stderr
     assert "stopped by the recorder (disk space" in proc.stderr, proc.stderr
     meta = read_meta(trace)

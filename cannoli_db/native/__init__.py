@@ -171,12 +171,12 @@ def plugin_path(qemu: Qemu) -> Path:
 
 
 def consumer_path() -> Path:
-    """Build (once) and return the ring-consumer library (the ring, the memory codec, the
+    """Build (once) and return the ring-consumer library (the ring, the record codec, the
     fault point) that the recorder and the readers load with cffi."""
     key = _source_hash("consumer")
     src = Path(str(resources.files("cannoli_db.qemu_patches").joinpath("ring_consumer.c")))
     cmd = [_compiler(), "-O2", "-std=gnu11", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", str(src),
-           str(src.parent / "fault_point.c"), str(src.parent / "mem_codec.c"), "-lcapstone"]
+           str(src.parent / "fault_point.c"), str(src.parent / "record_codec.c"), "-lcapstone"]
     return _build(cache_dir() / f"libcannoli-ring-{key}.so", cmd)
 
 

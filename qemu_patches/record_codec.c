@@ -1,17 +1,18 @@
 /*
- * mem_codec.c -- a packet's memory accesses as version 4 stores them
- * (cannoli_format.h, "memory sections on disk"): the encoder the recorder runs
- * when it packs a lane, and the decoder every reader runs, side by side so that
- * the rule lives in one file.  Built into the consumer library
- * (cannoli_db/native: consumer_path) and loaded with cffi by recorder/ring.py
- * and cannoli_db/decode.py.
+ * record_codec.c -- the heavy records of a packet as version 4 stores them
+ * (cannoli_format.h, "records on disk"): memory accesses (MEM_ADDR, MEM_VALUE,
+ * MEM_INFO) and register records (REG_VALUE, REG_INFO).  The encoder the
+ * recorder runs when it packs a lane and the decoder every reader runs live
+ * side by side, so that the rule has one home.  Built into the consumer
+ * library (cannoli_db/native: consumer_path) and loaded with cffi by
+ * recorder/ring.py and cannoli_db/native/record_codec.py.
  *
- * Each access is predicted from the previous access of its *slot* -- the same
- * block, the same position among that block's accesses -- so a loop's store
- * through a moving pointer costs its stride, a reload of the same location costs
- * nothing, and neither pays for the stack-to-heap jumps between neighbours.
- * What is left is cut to the bytes it needs, grouped by width so that the
- * compressor sees like next to like.
+ * Each record is predicted from the previous record of its *slot* -- the same
+ * block, the same position among that block's records -- so a loop's store
+ * through a moving pointer costs its stride, a reload of the same location or
+ * a register the block sets to the same value costs nothing, and neither pays
+ * for the jumps between neighbours.  What is left is cut to the bytes it
+ * needs, grouped by width so that the compressor sees like next to like.
  *
  * Decoding reads untrusted bytes: every length is checked against the section
  * sizes before use, and a value wider than its access is refused.
@@ -22,6 +23,7 @@
 #include <string.h>
 
 #include "cannoli_format.h"
+#include "record_codec.h"
 
 #define CN_EXPORT __attribute__((visibility("default")))
 
@@ -32,7 +34,7 @@
 struct slot {
     uint64_t addr;
     uint64_t value;
-    uint32_t low;   /* info & CN_MEMINFO_LOW_MASK */
+    uint32_t low;   /* the info word's bits other than the link (struct kind) */
     uint32_t epoch; /* the packet that last wrote it: other packets see zeros */
 };
 
@@ -110,7 +112,7 @@ static struct slot *slot_for(struct predictor *p, uint32_t block, uint32_t k)
     return s;
 }
 
-/* Walks the accesses' links: which block each access belongs to and its
+/* Walks the records' links: which block each access belongs to and its
  * position among that block's accesses (the slot key). */
 struct links {
     const uint32_t *exec;
@@ -180,30 +182,79 @@ static char *put_groups(char *out, const struct groups *g, const struct classes 
     return out;
 }
 
+/* What differs between memory accesses and register records: where the link
+ * sits in the info word, what the other bits ("low", at most 14) are, and
+ * which value bits a record may have. */
+struct kind {
+    bool has_addr;
+    unsigned link_bits;
+};
+
+static const struct kind MEM = { true, 32 - CN_MEMINFO_LINK_SHIFT };
+static const struct kind REG = { false, 32 - CN_REGINFO_LINK_SHIFT - 2 };
+
+static inline uint32_t link_of(const struct kind *k, uint32_t info)
+{
+    return k->has_addr ? info >> CN_MEMINFO_LINK_SHIFT : (info >> CN_REGINFO_LINK_SHIFT) & CN_REGINFO_LINK_MASK;
+}
+
+/* register records: the number, then CHANGED and KEYFRAME as bits 8-9 */
+static inline uint32_t low_of(const struct kind *k, uint32_t info)
+{
+    return k->has_addr ? info & CN_MEMINFO_LOW_MASK : (info & CN_REGINFO_NUMBER_MASK) | (info >> 30) << 8;
+}
+
+static inline uint32_t info_of(const struct kind *k, uint32_t link, uint32_t low)
+{
+    if (k->has_addr) {
+        return link << CN_MEMINFO_LINK_SHIFT | low;
+    }
+    return (low & CN_REGINFO_NUMBER_MASK) | link << CN_REGINFO_LINK_SHIFT | (low >> 8) << 30;
+}
+
+static inline uint32_t low_limit(const struct kind *k)
+{
+    return k->has_addr ? CN_MEMINFO_LOW_MASK : 0x3ffu;
+}
+
+/* The value bits a record may have: an access of 1 << shift bytes has that
+ * many (the upper bits of a narrower value are not the guest's), a register
+ * 64. */
+static inline uint64_t value_mask(const struct kind *k, uint32_t low)
+{
+    return k->has_addr ? WIDTH_MASK[low & CN_MEMINFO_SHIFT_MASK] : ~0ull;
+}
+
 /* Staged payload groups (each class's width, 8 spare bytes after each), control
  * bytes, low info bits and link steps for n accesses. */
 #define STAGE_BYTES(n) ((size_t)(n) * (1 + 3 + 8 + 1 + 2 + 3 + 4 + 5 + 6 + 8 + 1 + 2 + 4) + 8 * 16)
 
 /* Bytes of scratch one encoder or decoder needs (zeroed before its first use,
- * then reused packet after packet). */
-CN_EXPORT size_t cn_mem_scratch_size(void)
+ * then reused packet after packet; CN_CAP_REG = CN_CAP_MEM). */
+CN_EXPORT size_t cn_codec_scratch_size(void)
 {
     return sizeof(struct predictor) + STAGE_BYTES(CN_CAP_MEM);
 }
 
-/* Most bytes the three sections of n accesses take, together. */
+/* Most bytes the three memory sections of n accesses take, together. */
 CN_EXPORT size_t cn_mem_max_encoded(uint32_t n)
 {
     return (size_t)n * (8 + 8 + 1 + 2 + 4);
 }
 
-/* Encode n accesses (n <= CN_CAP_MEM) of a packet whose EXEC section is
- * exec[n_exec].  Writes the MEM_ADDR, MEM_VALUE and MEM_INFO sections one
- * after the other at out (room for cn_mem_max_encoded(n) bytes), their sizes
- * in bytes to size[0..2]; returns the total.  scratch holds
- * cn_mem_scratch_size() bytes, zeroed before its first use. */
-CN_EXPORT size_t cn_mem_encode(const uint64_t *addr, const uint64_t *value, const uint32_t *info, uint32_t n,
-                               const uint32_t *exec, uint32_t n_exec, char *out, void *scratch, size_t size[3])
+/* ... and the two register sections of n register records. */
+CN_EXPORT size_t cn_reg_max_encoded(uint32_t n)
+{
+    return (size_t)n * (8 + 1 + 2 + 4);
+}
+
+/* Writes the sections (address payloads, if the kind has them; value
+ * payloads; control bytes, low bits and link steps) one after the other at
+ * out, their sizes to size[]. */
+static inline __attribute__((always_inline)) size_t encode(const struct kind *kind, const uint64_t *addr,
+                                                            const uint64_t *value, const uint32_t *info, uint32_t n,
+                                                            const uint32_t *exec, uint32_t n_exec, char *out,
+                                                            void *scratch, size_t *size)
 {
     const struct classes at = make_classes(CN_MEMCTL_ADDR_WIDTHS, ADDR_CLASSES);
     const struct classes vt = make_classes(CN_MEMCTL_VALUE_WIDTHS, VALUE_CLASSES);
@@ -217,13 +268,14 @@ CN_EXPORT size_t cn_mem_encode(const uint64_t *addr, const uint64_t *value, cons
     struct links w = { exec, n_exec, 0, 0, false };
     new_packet(p);
     for (uint32_t i = 0; i < n; i++) {
-        uint32_t link = info[i] >> CN_MEMINFO_LINK_SHIFT, low = info[i] & CN_MEMINFO_LOW_MASK;
+        uint32_t link = link_of(kind, info[i]), low = low_of(kind, info[i]);
         uint32_t step = link - w.link;
         unsigned lc = step < CN_MEMCTL_LINK_EXPLICIT ? step : CN_MEMCTL_LINK_EXPLICIT;
         advance(&w, link);
         struct slot *s = slot_for(p, block_of(&w), w.k);
-        uint64_t v = value[i] & WIDTH_MASK[low & CN_MEMINFO_SHIFT_MASK];
-        uint64_t ra = zigzag(addr[i] - s->addr), rv = zigzag(v - s->value);
+        uint64_t a = kind->has_addr ? addr[i] : 0;
+        uint64_t v = value[i] & value_mask(kind, low);
+        uint64_t ra = zigzag(a - s->addr), rv = zigzag(v - s->value);
         unsigned ac = at.of_need[bytes_needed(ra)], vc = vt.of_need[bytes_needed(rv)];
         put_payload(&ag, &at, ac, ra);
         put_payload(&vg, &vt, vc, rv);
@@ -234,18 +286,43 @@ CN_EXPORT size_t cn_mem_encode(const uint64_t *addr, const uint64_t *value, cons
         n_step += lc == CN_MEMCTL_LINK_EXPLICIT;
         ctl[i] = (uint8_t)(ac << CN_MEMCTL_ADDR_SHIFT | vc << CN_MEMCTL_VALUE_SHIFT |
                            (explicit_low ? CN_MEMCTL_INFO_EXPLICIT : 0) | lc << CN_MEMCTL_LINK_SHIFT);
-        *s = (struct slot){ addr[i], v, low, p->epoch };
+        *s = (struct slot){ a, v, low, p->epoch };
     }
-    char *end = put_groups(out, &ag, &at);
-    size[0] = (size_t)(end - out);
-    end = put_groups(out = end, &vg, &vt);
-    size[1] = (size_t)(end - out);
+    char *start = out, *end = out;
+    size_t *next = size;
+    if (kind->has_addr) {
+        end = put_groups(out, &ag, &at);
+        *next++ = (size_t)(end - out);
+        out = end;
+    }
+    end = put_groups(out, &vg, &vt);
+    *next++ = (size_t)(end - out);
     out = end;
     memcpy(end, ctl, n);
     memcpy(end += n, lows, 2 * n_low);
     memcpy(end += 2 * n_low, steps, 4 * n_step);
-    size[2] = (size_t)(end + 4 * n_step - out);
-    return size[0] + size[1] + size[2];
+    end += 4 * n_step;
+    *next = (size_t)(end - out);
+    return (size_t)(end - start);
+}
+
+/* Encode n accesses (n <= CN_CAP_MEM) of a packet whose EXEC section is
+ * exec[n_exec].  Writes the MEM_ADDR, MEM_VALUE and MEM_INFO sections one
+ * after the other at out (room for cn_mem_max_encoded(n) bytes), their sizes
+ * in bytes to size[0..2]; returns the total.  scratch holds
+ * cn_codec_scratch_size() bytes, zeroed before its first use. */
+CN_EXPORT size_t cn_mem_encode(const uint64_t *addr, const uint64_t *value, const uint32_t *info, uint32_t n,
+                               const uint32_t *exec, uint32_t n_exec, char *out, void *scratch, size_t size[3])
+{
+    return encode(&MEM, addr, value, info, n, exec, n_exec, out, scratch, size);
+}
+
+/* The same for n register records (n <= CN_CAP_REG): REG_VALUE, then
+ * REG_INFO, sizes to size[0..1]. */
+CN_EXPORT size_t cn_reg_encode(const uint64_t *value, const uint32_t *info, uint32_t n, const uint32_t *exec,
+                               uint32_t n_exec, char *out, void *scratch, size_t size[2])
+{
+    return encode(&REG, NULL, value, info, n, exec, n_exec, out, scratch, size);
 }
 
 /* Decoding errors (a reader turns them into a ChunkError naming the chunk). */
@@ -254,7 +331,7 @@ enum {
     CN_MEM_SHORT,      /* a section holds fewer bytes than its accesses need */
     CN_MEM_LONG,       /* a section holds bytes no access claims */
     CN_MEM_WIDE,       /* an access wider than 8 bytes, or a value wider than its access */
-    CN_MEM_BAD_INFO,   /* instruction bits beyond CN_MEMINFO_LOW_MASK, or a link past 2^18 */
+    CN_MEM_BAD_INFO,   /* low info bits out of range, or a link past its field */
 };
 
 /* Lay out a field's groups in buf (each followed by 8 spare bytes) from the
@@ -271,7 +348,9 @@ static int place_groups(struct groups *g, const struct classes *t, const size_t 
     }
     for (unsigned c = 0; c < t->n; c++) {
         size_t bytes = count[c] * t->width[c];
-        memcpy(buf, in, bytes);
+        if (bytes) {
+            memcpy(buf, in, bytes);
+        }
         memset(buf + bytes, 0, 8);
         g->at[c] = buf;
         g->used[c] = 0;
@@ -288,12 +367,11 @@ static uint64_t take_payload(struct groups *g, const struct classes *t, unsigned
     return u;
 }
 
-/* Decode n accesses (n <= CN_CAP_MEM) from the three sections (sizes in
- * bytes) of a packet whose EXEC section is exec[n_exec]; returns CN_MEM_OK or
- * an error above.  scratch as for cn_mem_encode. */
-CN_EXPORT int cn_mem_decode(const uint8_t *addr_in, size_t addr_size, const uint8_t *value_in, size_t value_size,
-                            const uint8_t *info_in, size_t info_size, uint32_t n, const uint32_t *exec,
-                            uint32_t n_exec, uint64_t *addr, uint64_t *value, uint32_t *info, void *scratch)
+static inline __attribute__((always_inline)) int decode(const struct kind *kind, const uint8_t *addr_in,
+                                                         size_t addr_size, const uint8_t *value_in, size_t value_size,
+                                                         const uint8_t *info_in, size_t info_size, uint32_t n,
+                                                         const uint32_t *exec, uint32_t n_exec, uint64_t *addr,
+                                                         uint64_t *value, uint32_t *info, void *scratch)
 {
     if (n > CN_CAP_MEM) {
         return CN_MEM_LONG;
@@ -322,7 +400,8 @@ CN_EXPORT int cn_mem_decode(const uint8_t *addr_in, size_t addr_size, const uint
     struct predictor *p = scratch;
     uint8_t *stage = (uint8_t *)(p + 1);
     struct groups ag, vg;
-    int err = place_groups(&ag, &at, count_addr, addr_in, addr_size, stage);
+    /* register records have no addresses: any address class but 0 is too long */
+    int err = place_groups(&ag, &at, count_addr, addr_in, kind->has_addr ? addr_size : 0, stage);
     if (!err) {
         err = place_groups(&vg, &vt, count_value, value_in, value_size, stage + addr_size + 8 * ADDR_CLASSES);
     }
@@ -343,7 +422,7 @@ CN_EXPORT int cn_mem_decode(const uint8_t *addr_in, size_t addr_size, const uint
             steps += 4;
         }
         uint32_t link = w.link + step;
-        bad_info |= (link >> (32 - CN_MEMINFO_LINK_SHIFT)) | (link < w.link);
+        bad_info |= (link >> kind->link_bits) | (link < w.link);
         advance(&w, link);
         struct slot *s = slot_for(p, block_of(&w), w.k);
         uint32_t low = s->low;
@@ -352,16 +431,37 @@ CN_EXPORT int cn_mem_decode(const uint8_t *addr_in, size_t addr_size, const uint
             memcpy(&stored, lows, 2);
             lows += 2;
             low = stored;
-            bad_info |= low & ~CN_MEMINFO_LOW_MASK;
+            bad_info |= low & ~low_limit(kind);
         }
         uint64_t a = s->addr + unzigzag(take_payload(&ag, &at, ac));
         uint64_t v = s->value + unzigzag(take_payload(&vg, &vt, vc));
-        unsigned shift = low & CN_MEMINFO_SHIFT_MASK;
-        wide |= (v & ~WIDTH_MASK[shift]) | (shift > 3);
-        addr[i] = a;
+        wide |= (v & ~value_mask(kind, low)) | (kind->has_addr && (low & CN_MEMINFO_SHIFT_MASK) > 3);
+        if (kind->has_addr) {
+            addr[i] = a;
+        }
         value[i] = v;
-        info[i] = link << CN_MEMINFO_LINK_SHIFT | low;
+        info[i] = info_of(kind, link, low);
         *s = (struct slot){ a, v, low, p->epoch };
     }
     return bad_info ? CN_MEM_BAD_INFO : wide ? CN_MEM_WIDE : CN_MEM_OK;
+}
+
+/* Decode n accesses (n <= CN_CAP_MEM) from the three sections (sizes in
+ * bytes) of a packet whose EXEC section is exec[n_exec]; returns CN_MEM_OK or
+ * an error above.  scratch as for cn_mem_encode. */
+CN_EXPORT int cn_mem_decode(const uint8_t *addr_in, size_t addr_size, const uint8_t *value_in, size_t value_size,
+                            const uint8_t *info_in, size_t info_size, uint32_t n, const uint32_t *exec,
+                            uint32_t n_exec, uint64_t *addr, uint64_t *value, uint32_t *info, void *scratch)
+{
+    return decode(&MEM, addr_in, addr_size, value_in, value_size, info_in, info_size, n, exec, n_exec, addr, value,
+                  info, scratch);
+}
+
+/* The same for n register records from REG_VALUE and REG_INFO. */
+CN_EXPORT int cn_reg_decode(const uint8_t *value_in, size_t value_size, const uint8_t *info_in, size_t info_size,
+                            uint32_t n, const uint32_t *exec, uint32_t n_exec, uint64_t *value, uint32_t *info,
+                            void *scratch)
+{
+    return decode(&REG, NULL, 0, value_in, value_size, info_in, info_size, n, exec, n_exec, NULL, value, info,
+                  scratch);
 }

@@ -1,0 +1,131 @@
+"""A version-4 packet's heavy records -- memory accesses and register records --
+decoded (and, for tests and tools, encoded) by the C codec the recorder packs
+with (qemu_patches/record_codec.c, exported by the consumer library): one
+implementation of the rule, whichever side runs it."""
+
+from __future__ import annotations
+
+import threading
+
+import cffi
+import numpy as np
+
+from .. import format as F
+from .. import native
+
+_ffi = cffi.FFI()
+_ffi.cdef("""
+size_t cn_codec_scratch_size(void);
+size_t cn_mem_max_encoded(uint32_t n);
+size_t cn_reg_max_encoded(uint32_t n);
+size_t cn_mem_encode(const uint64_t *addr, const uint64_t *value, const uint32_t *info, uint32_t n,
+                     const uint32_t *exec, uint32_t n_exec, char *out, void *scratch, size_t size[3]);
+size_t cn_reg_encode(const uint64_t *value, const uint32_t *info, uint32_t n, const uint32_t *exec,
+                     uint32_t n_exec, char *out, void *scratch, size_t size[2]);
+int cn_mem_decode(const uint8_t *addr_in, size_t addr_size, const uint8_t *value_in, size_t value_size,
+                  const uint8_t *info_in, size_t info_size, uint32_t n, const uint32_t *exec, uint32_t n_exec,
+                  uint64_t *addr, uint64_t *value, uint32_t *info, void *scratch);
+int cn_reg_decode(const uint8_t *value_in, size_t value_size, const uint8_t *info_in, size_t info_size, uint32_t n,
+                  const uint32_t *exec, uint32_t n_exec, uint64_t *value, uint32_t *info, void *scratch);
+""")
+_lib = None
+_scratch = threading.local()  # a decoder's slots and staging: one per thread (the index decodes in several)
+
+# the decoders' error codes (record_codec.c), as a reader says them
+ERRORS = {
+    1: "sections shorter than their records need",
+    2: "sections hold bytes no record claims",
+    3: "a memory access wider than 8 bytes, or a value wider than its access",
+    4: "record info out of range",
+}
+
+
+class CodecError(ValueError):
+    pass
+
+
+def _library():
+    global _lib
+    if _lib is None:
+        _lib = _ffi.dlopen(str(native.consumer_path()))
+    return _lib
+
+
+def _decoder_scratch():
+    if getattr(_scratch, "buf", None) is None:
+        _scratch.buf = _ffi.new("char[]", _library().cn_codec_scratch_size())
+    return _scratch.buf
+
+
+def _ptr(array: np.ndarray | None, ctype: str):
+    return _ffi.cast(ctype, _ffi.from_buffer(array)) if array is not None and len(array) else _ffi.NULL
+
+
+def _check(n: int, what: str) -> None:
+    if n > F.CAP_MEM:  # = CAP_REG
+        raise CodecError(f"packet claims {n} {what} (limit {F.CAP_MEM})")
+
+
+def _fail(err: int, what: str) -> None:
+    if err:
+        raise CodecError(f"{what}: {ERRORS.get(err, f'undecodable (error {err})')}")
+
+
+def decode_mem(addr_bytes: np.ndarray, value_bytes: np.ndarray, info_bytes: np.ndarray, n: int,
+               exec_: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(addresses, values, info words) of n accesses from the three MEM_
+    sections' bytes and the packet's EXEC section; CodecError if the bytes are
+    not a valid encoding."""
+    _check(n, "memory accesses")
+    addr, value, info = np.empty(n, np.uint64), np.empty(n, np.uint64), np.empty(n, np.uint32)
+    exec_ = np.ascontiguousarray(exec_, np.uint32)
+    err = _library().cn_mem_decode(
+        _ptr(addr_bytes, "uint8_t *"), len(addr_bytes), _ptr(value_bytes, "uint8_t *"), len(value_bytes),
+        _ptr(info_bytes, "uint8_t *"), len(info_bytes), n, _ptr(exec_, "uint32_t *"), len(exec_),
+        _ptr(addr, "uint64_t *"), _ptr(value, "uint64_t *"), _ptr(info, "uint32_t *"), _decoder_scratch())
+    _fail(err, "memory sections")
+    return addr, value, info
+
+
+def decode_regs(value_bytes: np.ndarray, info_bytes: np.ndarray, n: int,
+                exec_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, info words) of n register records from REG_VALUE and REG_INFO."""
+    _check(n, "register records")
+    value, info = np.empty(n, np.uint64), np.empty(n, np.uint32)
+    exec_ = np.ascontiguousarray(exec_, np.uint32)
+    err = _library().cn_reg_decode(
+        _ptr(value_bytes, "uint8_t *"), len(value_bytes), _ptr(info_bytes, "uint8_t *"), len(info_bytes), n,
+        _ptr(exec_, "uint32_t *"), len(exec_), _ptr(value, "uint64_t *"), _ptr(info, "uint32_t *"),
+        _decoder_scratch())
+    _fail(err, "register sections")
+    return value, info
+
+
+def _encode(which: str, arrays: list[np.ndarray], exec_: np.ndarray, n_sections: int) -> list[bytes]:
+    lib = _library()
+    n = len(arrays[-1])
+    if n > F.CAP_MEM:
+        raise ValueError(f"at most {F.CAP_MEM} records per packet")
+    out = bytearray(getattr(lib, f"cn_{which}_max_encoded")(n) + 1)
+    scratch = _ffi.new("char[]", lib.cn_codec_scratch_size())
+    size = _ffi.new(f"size_t[{n_sections}]")
+    pointers = [_ptr(a, "uint32_t *" if a.dtype == np.uint32 else "uint64_t *") for a in arrays]
+    exec_ = np.ascontiguousarray(exec_, np.uint32)
+    getattr(lib, f"cn_{which}_encode")(*pointers, n, _ptr(exec_, "uint32_t *"), len(exec_), _ffi.from_buffer(out),
+                                       scratch, size)
+    sections, at = [], 0
+    for k in range(n_sections):
+        sections.append(bytes(out[at:at + size[k]]))
+        at += size[k]
+    return sections
+
+
+def encode_mem(addr: np.ndarray, value: np.ndarray, info: np.ndarray, exec_: np.ndarray) -> list[bytes]:
+    """The MEM_ADDR, MEM_VALUE and MEM_INFO sections of these accesses, as the recorder writes them."""
+    return _encode("mem", [np.ascontiguousarray(addr, np.uint64), np.ascontiguousarray(value, np.uint64),
+                           np.ascontiguousarray(info, np.uint32)], exec_, 3)
+
+
+def encode_regs(value: np.ndarray, info: np.ndarray, exec_: np.ndarray) -> list[bytes]:
+    """The REG_VALUE and REG_INFO sections of these register records."""
+    return _encode("reg", [np.ascontiguousarray(value, np.uint64), np.ascontiguousarray(info, np.uint32)], exec_, 2)
