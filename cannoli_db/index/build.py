@@ -34,7 +34,7 @@ from .. import arch as guest_arch
 from .. import format as F
 from .. import schema, store, tracedir
 from ..chunkfile import drop_heavy
-from ..decode import Chunk, ChunkError, chunk_files, read_chunk_file
+from ..decode import Chunk, ChunkError, chunk_files, read_chunk_file, read_chunk_header
 from ..errors import CannoliError
 from ..positions import BlockTable, PositionPlan
 from ..progress import Progress
@@ -44,9 +44,14 @@ from .events import EventLog
 from .tables import load_blocks, load_meta, load_reg_names, load_store_index, load_syscalls, load_threads
 
 DUCKDB_MEMORY_LIMIT = "2GB"  # DuckDB spills beyond this; keeps the index's memory bounded
-# Bytes the index writes (store parts and trace.duckdb) per byte of a chunk not
-# yet converted, for the free-space check: 1.76 measured on Debian's xz
-STORE_PER_HEAVY_BYTE = 1.8
+# What the index writes (store parts and trace.duckdb) for a chunk not yet
+# converted, for the free-space check: the larger of a share of the chunk's
+# bytes (by format: format 4 keeps fewer bytes per record, the store does not)
+# and an amount per record.  Measured on Debian's xz: format 3 1.76 bytes per
+# chunk byte; format 4 3.2, and 1,043 MiB for 2.05e8 accesses and 8.6e7
+# block executions.
+STORE_PER_CHUNK_BYTE = {3: 1.8, 4: 3.3}
+STORE_PER_ACCESS, STORE_PER_EXEC = 5.0, 1.5
 FREE_SPACE_MARGIN = 64 << 20
 
 
@@ -270,11 +275,24 @@ def _check_free_space(trace_dir: Path, files) -> None:
     need = 0
     for path in files:
         if not all(read_stamp(store.part_path(trace_dir, t, int(path.stem))) for t in store.BULK):
-            need += int(path.stat().st_size * STORE_PER_HEAVY_BYTE)
+            need += _store_estimate(path)
     free = shutil.disk_usage(trace_dir).free
     if need and free < need + FREE_SPACE_MARGIN:
         raise CannoliError(f"not enough disk space to index {trace_dir}: the store needs about "
                            f"{_mib(need)} and {_mib(free)} are free; free some space and run cannoli index again")
+
+
+def _store_estimate(chunk: Path) -> int:
+    """Bytes the index will write for this chunk (0 if its header is unreadable:
+    pass A names the damage)."""
+    try:
+        with open(chunk, "rb") as f:
+            h = read_chunk_header(f.read(F.CHUNK_HEADER_DTYPE.itemsize), chunk.name)
+    except (OSError, ChunkError):
+        return 0
+    share = STORE_PER_CHUNK_BYTE.get(int(h["version"]), max(STORE_PER_CHUNK_BYTE.values()))
+    per_record = STORE_PER_ACCESS * int(h["n_mem"]) + STORE_PER_EXEC * int(h["n_exec"])
+    return int(max(chunk.stat().st_size * share, per_record))
 
 
 def _mib(n: int) -> str:
