@@ -57,21 +57,14 @@ CN_EXPORT size_t cn_consumer_scratch_size(void)
 }
 
 /* The LINE section (cannoli_format.h) of n accesses: an open-addressing table
- * of the lines seen so far, cleared after each packet through its used slots,
- * behind a small direct-mapped cache of recent lines (a packet touches a few
- * thousand lines, the table's probes would miss the CPU cache). */
+ * of the lines seen so far, cleared after each packet through its used slots. */
 #define LINE_SLOTS (1u << 18)
-#define RECENT_LINES 4096u
 static uint32_t line_slot[LINE_SLOTS]; /* 1 + index in lines, 0: empty */
 static uint32_t slot_used[CN_CAP_LINE];
 static struct cn_line lines[CN_CAP_LINE];
 static uint32_t n_lines;
-static struct {
-    uint64_t line;
-    uint32_t entry; /* 1 + index in lines, 0: empty */
-} recent[RECENT_LINES];
 
-static struct cn_line *table_entry(uint64_t line, uint32_t i)
+static struct cn_line *line_entry(uint64_t line, uint32_t i)
 {
     uint32_t h = (uint32_t)((line * 0x9E3779B97F4A7C15ull) >> (64 - 18));
     while (line_slot[h] && lines[line_slot[h] - 1].line != line) {
@@ -83,18 +76,6 @@ static struct cn_line *table_entry(uint64_t line, uint32_t i)
         lines[n_lines - 1] = (struct cn_line){ line, 0, 0, i, i };
     }
     return &lines[line_slot[h] - 1];
-}
-
-static struct cn_line *line_entry(uint64_t line, uint32_t i)
-{
-    uint32_t r = (uint32_t)line & (RECENT_LINES - 1);
-    if (recent[r].entry && recent[r].line == line) {
-        return &lines[recent[r].entry - 1];
-    }
-    struct cn_line *e = table_entry(line, i);
-    recent[r].line = line;
-    recent[r].entry = (uint32_t)(e - lines) + 1;
-    return e;
 }
 
 static void touch(struct cn_line *e, uint64_t bytes, bool store, uint32_t i)
@@ -131,7 +112,6 @@ static uint32_t find_lines(const uint64_t *addr, const uint32_t *info, uint32_t 
     }
     for (uint32_t k = 0; k < n_lines; k++) {
         line_slot[slot_used[k]] = 0;
-        recent[(uint32_t)lines[k].line & (RECENT_LINES - 1)].entry = 0;
     }
     return n_lines;
 }

@@ -6,6 +6,7 @@ implementation of the rule, whichever side runs it."""
 from __future__ import annotations
 
 import threading
+from importlib import resources
 
 import cffi
 import numpy as np
@@ -13,21 +14,14 @@ import numpy as np
 from .. import format as F
 from .. import native
 
+def _declarations() -> str:
+    """The codec's C declarations, from its header (the preprocessor lines cffi does not take left out)."""
+    header = resources.files("cannoli_db.qemu_patches").joinpath("record_codec.h").read_text()
+    return "\n".join(line for line in header.splitlines() if not line.startswith("#"))
+
+
 _ffi = cffi.FFI()
-_ffi.cdef("""
-size_t cn_codec_scratch_size(void);
-size_t cn_mem_max_encoded(uint32_t n);
-size_t cn_reg_max_encoded(uint32_t n);
-size_t cn_mem_encode(const uint64_t *addr, const uint64_t *value, const uint32_t *info, uint32_t n,
-                     const uint32_t *exec, uint32_t n_exec, char *out, void *scratch, size_t size[3]);
-size_t cn_reg_encode(const uint64_t *value, const uint32_t *info, uint32_t n, const uint32_t *exec,
-                     uint32_t n_exec, char *out, void *scratch, size_t size[2]);
-int cn_mem_decode(const uint8_t *addr_in, size_t addr_size, const uint8_t *value_in, size_t value_size,
-                  const uint8_t *info_in, size_t info_size, uint32_t n, const uint32_t *exec, uint32_t n_exec,
-                  uint64_t *addr, uint64_t *value, uint32_t *info, void *scratch);
-int cn_reg_decode(const uint8_t *value_in, size_t value_size, const uint8_t *info_in, size_t info_size, uint32_t n,
-                  const uint32_t *exec, uint32_t n_exec, uint64_t *value, uint32_t *info, void *scratch);
-""")
+_ffi.cdef(_declarations())
 _lib = None
 _scratch = threading.local()  # a decoder's slots and staging: one per thread (the index decodes in several)
 
