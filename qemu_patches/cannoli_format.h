@@ -134,7 +134,7 @@ enum cn_section {
  *     rv = zigzag(value - predicted value)          (an access's at its width)
  * where zigzag(d) = (d << 1) ^ (d >> 63, arithmetic), its low info bits only
  * when they differ from the prediction, and its link as the step from the
- * previous record's link (link[-1] = 0).
+ * previous record's link (mod 2^32, link[-1] = 0).
  *   MEM_INFO   n control bytes, one per access: bits 0..1 the address class,
  *              bits 2..4 the value class, bit 5 CN_MEMCTL_INFO_EXPLICIT, bits
  *              6..7 the link step (0, 1, 2, or CN_MEMCTL_LINK_EXPLICIT);

@@ -421,8 +421,8 @@ static inline __attribute__((always_inline)) int decode(const struct kind *kind,
             memcpy(&step, steps, 4);
             steps += 4;
         }
-        uint32_t link = w.link + step;
-        bad_info |= (link >> kind->link_bits) | (link < w.link);
+        uint32_t link = w.link + step; /* mod 2^32: a salvaged lane's links may go back */
+        bad_info |= link >> kind->link_bits;
         advance(&w, link);
         struct slot *s = slot_for(p, block_of(&w), w.k);
         uint32_t low = s->low;
