@@ -31,14 +31,27 @@ def start_recording(guest, trace: Path, seconds: str = "30") -> subprocess.Popen
         env=GUEST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def qemu_children(pid: int) -> list[int]:
+    """The recorder's QEMU children (not the C compiler it runs first when the
+    plugin is not built yet for this source)."""
+    found = []
+    for child in children_of(pid):
+        try:
+            if b"qemu-" in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")[0]:
+                found.append(child)
+        except OSError:
+            continue
+    return found
+
+
 def running_qemu(recorder: subprocess.Popen) -> int:
     """QEMU's pid once the recorder started it, after a random further delay."""
-    deadline = time.monotonic() + 60
-    while not children_of(recorder.pid):
+    deadline = time.monotonic() + 120
+    while not qemu_children(recorder.pid):
         assert time.monotonic() < deadline, "the recorder never started QEMU"
         time.sleep(0.02)
     time.sleep(rng.uniform(0.05, 0.6))
-    (qemu,) = children_of(recorder.pid)
+    (qemu,) = qemu_children(recorder.pid)
     return qemu
 
 
