@@ -33,7 +33,7 @@ from . import schema
 from .errors import CannoliError
 from .query.database import connect
 from .reexec import RegisterChanges
-from .replay import check_range, window_mem
+from .replay import check_range
 
 WINDOW = 1 << 20  # positions per Tenet window
 
@@ -164,7 +164,7 @@ def export_tenet(trace, out: Path, tid: int | None = None) -> int:
         for lo in range(0, total, WINDOW):
             hi = min(total, lo + WINDOW)
             accesses: dict[int, str] = {}
-            for idx, addr, size, is_write, value in window_mem(trace, lo, hi, tid):
+            for idx, addr, size, is_write, value in trace.accesses(lo, hi, tid):
                 if value is not None:
                     width = min(size, 8)
                     data = (value & ((1 << (8 * width)) - 1)).to_bytes(width, "little").hex()

@@ -22,7 +22,6 @@ from . import arch as guest_arch
 from .disasm import BLOCK_CODE_SQL, Disassembler
 from .errors import CannoliError
 from .hex_columns import INFO as HEX
-from .query.parts import tuples
 from .reexec import RegisterChanges
 
 WINDOW = 1 << 16
@@ -160,19 +159,13 @@ def _steps(trace, disasm: Disassembler, start: int, end: int, tid: int | None) -
         lo, size = hi, min(WINDOW, size * 4)
 
 
-def window_mem(trace, lo: int, hi: int, tid: int | None) -> list[tuple]:
-    """(idx, addr, size, is_write, value) of each access at positions [lo, hi), in order."""
-    rows = trace.store_rows("mem", lo, hi, ["idx", "addr", "size", "is_write", "value"], tid)
-    return tuples(rows)
-
-
 def _window(trace, disasm: Disassembler, changes: RegisterChanges, lo: int, hi: int,
             tid: int | None) -> Iterator[Step]:
     params = {"lo": lo, "hi": hi, "tid": tid}
     insns = trace.instructions(lo, hi, tid).rows
     if not insns:
         return
-    mem = _by_idx(window_mem(trace, lo, hi, tid))
+    mem = _by_idx(trace.accesses(lo, hi, tid))
     calls = {r[0]: Syscall(r[1], r[2], tuple(r[3:9]), r[9], r[10]) for r in trace.sql("""
         SELECT idx, nr, name, arg0, arg1, arg2, arg3, arg4, arg5, ret, call FROM syscalls
         WHERE idx >= $lo AND idx < $hi AND ($tid IS NULL OR tid = $tid)""", params).rows}

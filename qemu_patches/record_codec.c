@@ -325,15 +325,6 @@ CN_EXPORT size_t cn_reg_encode(const uint64_t *value, const uint32_t *info, uint
     return encode(&REG, NULL, value, info, n, exec, n_exec, out, scratch, size);
 }
 
-/* Decoding errors (a reader turns them into a ChunkError naming the chunk). */
-enum {
-    CN_MEM_OK = 0,
-    CN_MEM_SHORT,      /* a section holds fewer bytes than its accesses need */
-    CN_MEM_LONG,       /* a section holds bytes no access claims */
-    CN_MEM_WIDE,       /* an access wider than 8 bytes, or a value wider than its access */
-    CN_MEM_BAD_INFO,   /* low info bits out of range, or a link past its field */
-};
-
 /* Lay out a field's groups in buf (each followed by 8 spare bytes) from the
  * section's bytes, given each class's count; checks the section's size. */
 static int place_groups(struct groups *g, const struct classes *t, const size_t *count, const uint8_t *in,

@@ -8,6 +8,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* What the decoders return (a reader turns an error into a ChunkError naming
+ * the chunk). */
+enum {
+    CN_MEM_OK = 0,
+    CN_MEM_SHORT = 1,    /* a section holds fewer bytes than its records need */
+    CN_MEM_LONG = 2,     /* a section holds bytes no record claims */
+    CN_MEM_WIDE = 3,     /* an access wider than 8 bytes, or a value wider than its access */
+    CN_MEM_BAD_INFO = 4, /* low info bits out of range, or a link past its field */
+};
+
 size_t cn_codec_scratch_size(void);
 size_t cn_mem_max_encoded(uint32_t n);
 size_t cn_reg_max_encoded(uint32_t n);

@@ -9,6 +9,7 @@ never misread past a section or crashed on."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -264,3 +265,13 @@ def test_a_claim_beyond_the_lane_capacity_is_refused_before_allocation():
                                 np.zeros(0, np.uint32))
     with pytest.raises(record_codec.CodecError, match="limit"):
         record_codec.decode_regs(np.zeros(0, np.uint8), np.zeros(0, np.uint8), F.CAP_REG + 1, np.zeros(0, np.uint32))
+
+
+def test_every_decoder_error_has_a_message():
+    """The codes come from record_codec.h (cffi reads it); each one a decoder can
+    return is said in words, and nothing else is."""
+    header = (Path(__file__).parent.parent / "qemu_patches" / "record_codec.h").read_text()
+    codes = set(re.findall(r"\b(CN_MEM_\w+) = [1-9]", header))
+    assert codes and codes == set(record_codec.ERRORS)
+    lib = record_codec._library()
+    assert sorted(getattr(lib, name) for name in codes) == list(range(1, len(codes) + 1))

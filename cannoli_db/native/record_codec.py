@@ -25,12 +25,12 @@ _ffi.cdef(_declarations())
 _lib = None
 _scratch = threading.local()  # a decoder's slots and staging: one per thread (the index decodes in several)
 
-# the decoders' error codes (record_codec.c), as a reader says them
+# the decoders' errors (record_codec.h), as a reader says them
 ERRORS = {
-    1: "sections shorter than their records need",
-    2: "sections hold bytes no record claims",
-    3: "a memory access wider than 8 bytes, or a value wider than its access",
-    4: "record info out of range",
+    "CN_MEM_SHORT": "sections shorter than their records need",
+    "CN_MEM_LONG": "sections hold bytes no record claims",
+    "CN_MEM_WIDE": "a memory access wider than 8 bytes, or a value wider than its access",
+    "CN_MEM_BAD_INFO": "record info out of range",
 }
 
 
@@ -62,7 +62,9 @@ def _check(n: int, what: str) -> None:
 
 def _fail(err: int, what: str) -> None:
     if err:
-        raise CodecError(f"{what}: {ERRORS.get(err, f'undecodable (error {err})')}")
+        reason = next((text for name, text in ERRORS.items() if getattr(_library(), name) == err),
+                      f"undecodable (error {err})")
+        raise CodecError(f"{what}: {reason}")
 
 
 def decode_mem(addr_bytes: np.ndarray, value_bytes: np.ndarray, info_bytes: np.ndarray, n: int,

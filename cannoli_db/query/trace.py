@@ -32,7 +32,7 @@ from ..errors import CannoliError, first_line
 from . import named as named_queries
 from . import window
 from .database import check_statement, connect
-from .parts import Parts
+from .parts import Parts, tuples
 from .symbolize import Symbolizer
 
 MAX_RANGE = 1 << 20  # bytes: who-wrote and memory_at answer per byte
@@ -281,6 +281,11 @@ class Trace:
         return self.sql_over({"exec_window": blocks}, f"""
             SELECT idx, tid, pc, block_id, n FROM ({schema.insns_select('exec_window', '$lo', '$hi')})
             ORDER BY idx""", {"lo": lo, "hi": hi})
+
+    def accesses(self, lo: int, hi: int, tid: int | None = None) -> list[tuple]:
+        """(idx, addr, size, is_write, value) of each memory access at positions
+        [lo, hi), in order, read through store_rows."""
+        return tuples(self.store_rows("mem", lo, hi, ["idx", "addr", "size", "is_write", "value"], tid))
 
     def query(self, name: str, **params) -> Rows:
         """Run a named query (see `cannoli query --list`); parameters as text or numbers."""

@@ -94,8 +94,7 @@ class Executions:
         (starts: sorted)."""
         out: dict[int, list[Access]] = {}
         k = 0
-        rows = self.trace.store_rows("mem", starts[0], hi, ["idx", "addr", "size", "is_write", "value"], self.tid)
-        for idx, addr, size, is_write, value in tuples(rows):
+        for idx, addr, size, is_write, value in self.trace.accesses(starts[0], hi, self.tid):
             while k + 1 < len(starts) and starts[k + 1] <= idx:
                 k += 1
             out.setdefault(starts[k], []).append(Access(idx - starts[k], addr, size, is_write, value))
